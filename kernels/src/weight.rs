@@ -44,7 +44,7 @@ impl WeightFormat {
     /// Bytes of one row of `cols` values, or an error if `cols` splits a block.
     pub fn row_bytes(self, cols: usize) -> Result<usize, KernelError> {
         let block = self.block_len();
-        if cols % block != 0 {
+        if !cols.is_multiple_of(block) {
             return Err(KernelError::BlockAlignment {
                 format: self,
                 block,
