@@ -8,8 +8,10 @@
 //! buffers. This crate depends on no other Chrysalis crate.
 #![deny(missing_docs)]
 
+mod cpu;
 mod weight;
 
+pub use cpu::{CpuBackend, CpuOptions, Isa};
 pub use weight::{WeightFormat, WeightMatrix};
 
 /// Everything that can go wrong in a kernel call, named by what was expected.
@@ -49,6 +51,16 @@ pub enum KernelError {
         block: usize,
         /// The input dimension that was given.
         cols: usize,
+    },
+    /// A shape parameter is out of range (zero, odd, or not a divisor where one is needed).
+    #[error("{what}: found {found}, expected {expected}")]
+    Parameter {
+        /// Which parameter was wrong.
+        what: &'static str,
+        /// What a valid value looks like.
+        expected: &'static str,
+        /// The value that was passed.
+        found: usize,
     },
     /// The backend cannot run here (no driver, no device, not compiled in).
     #[error("backend {backend} unavailable: {reason}")]

@@ -1,0 +1,421 @@
+//! The CPU backend: portable scalar kernels plus AVX2/FMA kernels picked at run time,
+//! spread over a fixed number of threads.
+//!
+//! The backend holds a [`Kernels`] table of inner loops chosen once at construction; the
+//! loops over rows, tokens and heads (in this module and [`ops`]) are shared by every
+//! instruction set, so the SIMD paths differ from the portable one only where they must.
+
+mod ops;
+mod portable;
+
+use std::fmt;
+
+use rayon::prelude::*;
+
+use crate::{AttentionShape, Backend, KernelError, WeightFormat, WeightMatrix};
+
+/// Which instruction set the CPU backend's inner loops use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Isa {
+    /// Plain Rust, any CPU: the reference the SIMD paths are tested against.
+    Portable,
+    /// x86-64 AVX2 and FMA (with F16C for the block scales).
+    Avx2,
+}
+
+impl Isa {
+    /// The fastest instruction set this CPU supports.
+    pub fn detect() -> Self {
+        if Self::Avx2.is_available() {
+            Self::Avx2
+        } else {
+            Self::Portable
+        }
+    }
+
+    /// Whether this CPU can run the instruction set.
+    pub fn is_available(self) -> bool {
+        match self {
+            Self::Portable => true,
+            Self::Avx2 => avx2_detected(),
+        }
+    }
+
+    /// The backend name that goes with the instruction set.
+    fn backend_name(self) -> &'static str {
+        match self {
+            Self::Portable => "cpu-portable",
+            Self::Avx2 => "cpu-avx2",
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2_detected() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx2_detected() -> bool {
+    false
+}
+
+/// The inner loops of one instruction set. Built only by [`Kernels::for_isa`], which
+/// installs SIMD entries after checking the CPU supports them.
+#[derive(Clone, Copy)]
+pub(crate) struct Kernels {
+    /// `sum(a[i] * b[i])`.
+    pub dot: fn(&[f32], &[f32]) -> f32,
+    /// `y += alpha * x`.
+    pub axpy: fn(f32, &[f32], &mut [f32]),
+    /// One stored weight row (of the given format) dotted with `x`.
+    pub row_dot: fn(WeightFormat, &[u8], &[f32]) -> f32,
+}
+
+impl Kernels {
+    fn for_isa(isa: Isa) -> Self {
+        match isa {
+            Isa::Portable | Isa::Avx2 => Self {
+                dot: portable::dot,
+                axpy: portable::axpy,
+                row_dot: portable::row_dot,
+            },
+        }
+    }
+}
+
+/// Construction options for [`CpuBackend`]; the default is every CPU, fastest ISA.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuOptions {
+    /// Worker threads; 0 means one per available CPU.
+    pub threads: usize,
+    /// The instruction set; `None` picks the fastest available.
+    pub isa: Option<Isa>,
+}
+
+/// The CPU compute backend.
+pub struct CpuBackend {
+    isa: Isa,
+    kernels: Kernels,
+    threads: usize,
+    /// Worker pool when `threads > 1`; with one thread everything runs on the caller.
+    pool: Option<rayon::ThreadPool>,
+}
+
+impl fmt::Debug for CpuBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CpuBackend")
+            .field("isa", &self.isa)
+            .field("threads", &self.threads)
+            .finish()
+    }
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Rows a task takes at least, so tiny matrices are not split into pointless work.
+const MIN_ROWS_PER_TASK: usize = 16;
+
+impl CpuBackend {
+    /// The fastest instruction set, one thread per CPU. Falls back to a single thread
+    /// if the operating system refuses to start workers.
+    pub fn new() -> Self {
+        Self::with_options(CpuOptions::default()).unwrap_or_else(|_| {
+            let isa = Isa::detect();
+            Self {
+                isa,
+                kernels: Kernels::for_isa(isa),
+                threads: 1,
+                pool: None,
+            }
+        })
+    }
+
+    /// The fastest instruction set on `threads` threads (0: one per CPU).
+    pub fn with_threads(threads: usize) -> Result<Self, KernelError> {
+        Self::with_options(CpuOptions {
+            threads,
+            ..CpuOptions::default()
+        })
+    }
+
+    /// A backend with explicit options; fails if the instruction set is not supported
+    /// here or the worker threads cannot start.
+    pub fn with_options(options: CpuOptions) -> Result<Self, KernelError> {
+        let isa = options.isa.unwrap_or_else(Isa::detect);
+        if !isa.is_available() {
+            return Err(KernelError::Unavailable {
+                backend: isa.backend_name(),
+                reason: "this CPU lacks the instruction set".into(),
+            });
+        }
+        let threads = match options.threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let pool = if threads > 1 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("chrysalis-cpu-{i}"))
+                .build()
+                .map_err(|e| KernelError::Unavailable {
+                    backend: isa.backend_name(),
+                    reason: format!("cannot start {threads} worker threads: {e}"),
+                })?;
+            Some(pool)
+        } else {
+            None
+        };
+        Ok(Self {
+            isa,
+            kernels: Kernels::for_isa(isa),
+            threads,
+            pool,
+        })
+    }
+
+    /// The instruction set in use.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// The number of threads kernels run on.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Calls `task(first_index, chunk)` for consecutive `chunk`-sized pieces of `out`,
+    /// on the worker pool when there is one.
+    fn for_each_chunk<F>(&self, out: &mut [f32], chunk: usize, task: F)
+    where
+        F: Fn(usize, &mut [f32]) + Sync + Send,
+    {
+        let chunk = chunk.max(1);
+        match &self.pool {
+            None => out
+                .chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(i, piece)| task(i * chunk, piece)),
+            Some(pool) => pool.install(|| {
+                out.par_chunks_mut(chunk)
+                    .enumerate()
+                    .for_each(|(i, piece)| task(i * chunk, piece))
+            }),
+        }
+    }
+
+    /// Rows per task for a matrix of `rows` rows: a few tasks per thread for balance.
+    fn rows_per_task(&self, rows: usize) -> usize {
+        rows.div_ceil(self.threads * 4).max(MIN_ROWS_PER_TASK)
+    }
+}
+
+/// Fails unless `found == expected`, naming the operand.
+fn expect_len(what: &'static str, expected: usize, found: usize) -> Result<(), KernelError> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(KernelError::Shape {
+            what,
+            expected,
+            found,
+        })
+    }
+}
+
+/// The product of shape factors, or `usize::MAX` on overflow (which then fails the
+/// length comparison instead of wrapping).
+fn elements(factors: &[usize]) -> usize {
+    factors
+        .iter()
+        .try_fold(1usize, |acc, &f| acc.checked_mul(f))
+        .unwrap_or(usize::MAX)
+}
+
+/// Fails unless a shape parameter is valid, naming what was expected.
+fn expect_param(
+    what: &'static str,
+    valid: bool,
+    found: usize,
+    expected: &'static str,
+) -> Result<(), KernelError> {
+    if valid {
+        Ok(())
+    } else {
+        Err(KernelError::Parameter {
+            what,
+            expected,
+            found,
+        })
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        self.isa.backend_name()
+    }
+
+    fn matmul(
+        &self,
+        w: &WeightMatrix,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let (rows, cols) = (w.rows(), w.cols());
+        expect_len("matmul input x", elements(&[n, cols]), x.len())?;
+        expect_len("matmul output", elements(&[n, rows]), out.len())?;
+        if rows == 0 || cols == 0 {
+            out.fill(0.0);
+            return Ok(());
+        }
+        let row_dot = self.kernels.row_dot;
+        let format = w.format();
+        let chunk = self.rows_per_task(rows);
+        for (xt, out_t) in x.chunks_exact(cols).zip(out.chunks_exact_mut(rows)) {
+            self.for_each_chunk(out_t, chunk, |first, piece| {
+                for (r, o) in piece.iter_mut().enumerate() {
+                    *o = row_dot(format, w.row(first + r), xt);
+                }
+            });
+        }
+        Ok(())
+    }
+
+    fn rms_norm(
+        &self,
+        x: &[f32],
+        weight: &[f32],
+        eps: f32,
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let dim = weight.len();
+        expect_param("rms_norm weight length", dim > 0, dim, "at least 1")?;
+        expect_len("rms_norm output", x.len(), out.len())?;
+        expect_param(
+            "rms_norm input length",
+            x.len().is_multiple_of(dim),
+            x.len(),
+            "a multiple of the weight length",
+        )?;
+        for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+            ops::rms_norm_row(xr, weight, eps, or);
+        }
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut [f32],
+        positions: &[u32],
+        n_heads: usize,
+        head_dim: usize,
+        theta: f32,
+    ) -> Result<(), KernelError> {
+        expect_param(
+            "rope head_dim",
+            head_dim > 0 && head_dim.is_multiple_of(2),
+            head_dim,
+            "a positive even number",
+        )?;
+        let width = elements(&[n_heads, head_dim]);
+        expect_len("rope input", elements(&[positions.len(), width]), x.len())?;
+        if width == 0 {
+            return Ok(());
+        }
+        let mut cos = vec![0f32; head_dim / 2];
+        let mut sin = vec![0f32; head_dim / 2];
+        for (&pos, token) in positions.iter().zip(x.chunks_exact_mut(width)) {
+            ops::rope_angles(pos, head_dim, theta, &mut cos, &mut sin);
+            for head in token.chunks_exact_mut(head_dim) {
+                ops::rope_head(head, &cos, &sin);
+            }
+        }
+        Ok(())
+    }
+
+    fn silu_mul(&self, gate: &mut [f32], up: &[f32]) -> Result<(), KernelError> {
+        expect_len("silu_mul up", gate.len(), up.len())?;
+        ops::silu_mul(gate, up);
+        Ok(())
+    }
+
+    fn softmax(&self, x: &mut [f32]) -> Result<(), KernelError> {
+        if !x.is_empty() {
+            ops::softmax(x);
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        shape: AttentionShape,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let AttentionShape {
+            n_new,
+            first_pos,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+        } = shape;
+        expect_param("attention head_dim", head_dim > 0, head_dim, "at least 1")?;
+        expect_param(
+            "attention n_kv_heads",
+            n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads),
+            n_kv_heads,
+            "a positive divisor of n_heads",
+        )?;
+        let total = first_pos.saturating_add(n_new);
+        let q_len = elements(&[n_new, n_heads, head_dim]);
+        let kv_len = elements(&[total, n_kv_heads, head_dim]);
+        expect_len("attention q", q_len, q.len())?;
+        expect_len("attention k", kv_len, k.len())?;
+        expect_len("attention v", kv_len, v.len())?;
+        expect_len("attention output", q_len, out.len())?;
+        if q_len == 0 {
+            return Ok(());
+        }
+        let group = n_heads / n_kv_heads;
+        let kernels = &self.kernels;
+        let attend = |scores: &mut Vec<f32>, index: usize, out_head: &mut [f32]| {
+            let (token, head) = (index / n_heads, index % n_heads);
+            let view = ops::HeadView {
+                q: &q[index * head_dim..(index + 1) * head_dim],
+                k,
+                v,
+                kv_offset: (head / group) * head_dim,
+                kv_stride: n_kv_heads * head_dim,
+                visible: first_pos + token + 1,
+            };
+            scores.resize(total, 0.0);
+            ops::attend_head(kernels, &view, scores, out_head);
+        };
+        match &self.pool {
+            None => {
+                let mut scores = Vec::new();
+                for (index, out_head) in out.chunks_exact_mut(head_dim).enumerate() {
+                    attend(&mut scores, index, out_head);
+                }
+            }
+            Some(pool) => pool.install(|| {
+                out.par_chunks_exact_mut(head_dim)
+                    .enumerate()
+                    .for_each_init(Vec::new, |scores, (index, out_head)| {
+                        attend(scores, index, out_head)
+                    })
+            }),
+        }
+        Ok(())
+    }
+}
