@@ -5,6 +5,9 @@
 //! loops over rows, tokens and heads (in this module and [`ops`]) are shared by every
 //! instruction set, so the SIMD paths differ from the portable one only where they must.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod gemm;
 mod ops;
 mod portable;
 
@@ -71,19 +74,69 @@ pub(crate) struct Kernels {
     pub dot: fn(&[f32], &[f32]) -> f32,
     /// `y += alpha * x`.
     pub axpy: fn(f32, &[f32], &mut [f32]),
-    /// One stored weight row (of the given format) dotted with `x`.
-    pub row_dot: fn(WeightFormat, &[u8], &[f32]) -> f32,
+    /// Lays out one input vector the way `row_dot` wants it for a weight format.
+    pub prepare: fn(WeightFormat, &[f32], &mut Prepared),
+    /// One stored weight row (of the given format) dotted with a prepared input.
+    pub row_dot: fn(WeightFormat, &[u8], &Prepared) -> f32,
+    /// One stored weight row to f32, natural order.
+    pub dequantize_row: fn(WeightFormat, &[u8], &mut [f32]),
+    /// The 6-token x 16-row register tile of the blocked product ([`gemm`]).
+    pub micro_kernel: fn(&[f32], &[f32], &mut [f32; 96]),
 }
 
 impl Kernels {
     fn for_isa(isa: Isa) -> Self {
         match isa {
-            Isa::Portable | Isa::Avx2 => Self {
+            Isa::Portable => Self {
                 dot: portable::dot,
                 axpy: portable::axpy,
-                row_dot: portable::row_dot,
+                prepare: |_, x, prepared| prepared.copy_from(x),
+                row_dot: |format, row, input| portable::row_dot(format, row, &input.x),
+                dequantize_row: portable::dequantize_row,
+                micro_kernel: gemm::micro_kernel,
             },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Self {
+                dot: avx2::dot,
+                axpy: avx2::axpy,
+                prepare: |format, x, prepared| match format {
+                    WeightFormat::Q4_1 => {
+                        avx2::permute_q4_1(x, &mut prepared.x, &mut prepared.block_sums)
+                    }
+                    _ => prepared.copy_from(x),
+                },
+                row_dot: avx2::row_dot,
+                dequantize_row: avx2::dequantize_row,
+                micro_kernel: avx2::micro_kernel,
+            },
+            // `Isa::is_available` is false off x86-64, so no backend reaches this arm.
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx2 => Self::for_isa(Isa::Portable),
         }
+    }
+}
+
+/// One input vector laid out for a format's `row_dot`: possibly reordered within each
+/// block, with per-block sums where the kernel splits off a block offset.
+#[derive(Default)]
+pub(crate) struct Prepared {
+    /// The input, in the order the kernel reads it.
+    pub x: Vec<f32>,
+    /// Per-block values the kernel needs besides `x` (empty when it needs none).
+    pub block_sums: Vec<f32>,
+}
+
+impl Prepared {
+    fn new(kernels: &Kernels, format: WeightFormat, x: &[f32]) -> Self {
+        let mut prepared = Self::default();
+        (kernels.prepare)(format, x, &mut prepared);
+        prepared
+    }
+
+    fn copy_from(&mut self, x: &[f32]) {
+        self.x.clear();
+        self.x.extend_from_slice(x);
+        self.block_sums.clear();
     }
 }
 
@@ -122,6 +175,10 @@ impl Default for CpuBackend {
 
 /// Rows a task takes at least, so tiny matrices are not split into pointless work.
 const MIN_ROWS_PER_TASK: usize = 16;
+
+/// From this many tokens on, matrix products dequantize weights into panels shared by
+/// all tokens ([`gemm`]) instead of streaming each row once per token.
+const BLOCKED_MIN_TOKENS: usize = 4;
 
 impl CpuBackend {
     /// The fastest instruction set, one thread per CPU. Falls back to a single thread
@@ -211,6 +268,74 @@ impl CpuBackend {
         }
     }
 
+    /// Runs `task` on each item, on the worker pool when there is one, keeping order.
+    fn map_tasks<T, F>(&self, items: &[usize], task: F) -> Vec<T>
+    where
+        T: Send,
+        F: Fn(usize) -> T + Sync + Send,
+    {
+        match &self.pool {
+            None => items.iter().map(|&i| task(i)).collect(),
+            Some(pool) => pool.install(|| items.par_iter().map(|&i| task(i)).collect()),
+        }
+    }
+
+    /// Row-streaming product for few tokens: each weight row is read once and dotted
+    /// with every token while it sits in L1. Shapes were checked by `matmul`.
+    fn matmul_rows(&self, w: &WeightMatrix, x: &[f32], n: usize, out: &mut [f32]) {
+        let (rows, cols, format) = (w.rows(), w.cols(), w.format());
+        let inputs: Vec<Prepared> = x
+            .chunks_exact(cols)
+            .map(|xt| Prepared::new(&self.kernels, format, xt))
+            .collect();
+        let row_dot = self.kernels.row_dot;
+        let chunk = self.rows_per_task(rows);
+        if let [input] = inputs.as_slice() {
+            self.for_each_chunk(out, chunk, |first, piece| {
+                for (r, o) in piece.iter_mut().enumerate() {
+                    *o = row_dot(format, w.row(first + r), input);
+                }
+            });
+            return;
+        }
+        // Tasks own whole rows of the transposed product; transpose back afterwards.
+        let mut transposed = vec![0f32; rows * n];
+        self.for_each_chunk(&mut transposed, chunk * n, |first, piece| {
+            for (r, per_token) in piece.chunks_exact_mut(n).enumerate() {
+                let row = w.row(first / n + r);
+                for (o, input) in per_token.iter_mut().zip(&inputs) {
+                    *o = row_dot(format, row, input);
+                }
+            }
+        });
+        for (r, per_token) in transposed.chunks_exact(n).enumerate() {
+            for (t, &value) in per_token.iter().enumerate() {
+                out[t * rows + r] = value;
+            }
+        }
+    }
+
+    /// Blocked product for many tokens ([`gemm`]): tasks own column blocks of whole
+    /// panels. Shapes were checked by `matmul`.
+    fn matmul_blocked(&self, w: &WeightMatrix, x: &[f32], n: usize, out: &mut [f32]) {
+        let (rows, cols) = (w.rows(), w.cols());
+        let packed = gemm::pack_inputs(x, n, cols);
+        let task_rows = rows
+            .div_ceil(self.threads * 2)
+            .next_multiple_of(gemm::PANEL_ROWS);
+        let starts: Vec<usize> = (0..rows).step_by(task_rows).collect();
+        let blocks = self.map_tasks(&starts, |first| {
+            let count = task_rows.min(rows - first);
+            gemm::column_block(&self.kernels, w, &packed, n, first, count)
+        });
+        for (&first, block) in starts.iter().zip(&blocks) {
+            let count = task_rows.min(rows - first);
+            for (out_t, block_t) in out.chunks_exact_mut(rows).zip(block.chunks_exact(count)) {
+                out_t[first..first + count].copy_from_slice(block_t);
+            }
+        }
+    }
+
     /// Rows per task for a matrix of `rows` rows: a few tasks per thread for balance.
     fn rows_per_task(&self, rows: usize) -> usize {
         rows.div_ceil(self.threads * 4).max(MIN_ROWS_PER_TASK)
@@ -276,15 +401,10 @@ impl Backend for CpuBackend {
             out.fill(0.0);
             return Ok(());
         }
-        let row_dot = self.kernels.row_dot;
-        let format = w.format();
-        let chunk = self.rows_per_task(rows);
-        for (xt, out_t) in x.chunks_exact(cols).zip(out.chunks_exact_mut(rows)) {
-            self.for_each_chunk(out_t, chunk, |first, piece| {
-                for (r, o) in piece.iter_mut().enumerate() {
-                    *o = row_dot(format, w.row(first + r), xt);
-                }
-            });
+        if n >= BLOCKED_MIN_TOKENS {
+            self.matmul_blocked(w, x, n, out);
+        } else {
+            self.matmul_rows(w, x, n, out);
         }
         Ok(())
     }

@@ -1,0 +1,350 @@
+//! AVX2/FMA/F16C kernels for x86-64.
+//!
+//! Every `#[target_feature]` function here is reached only through the safe wrappers at
+//! the top, and those are installed in a [`super::Kernels`] table only by
+//! `Kernels::for_isa(Isa::Avx2)`, which `CpuBackend` builds after `Isa::is_available`
+//! confirmed AVX2, FMA and F16C at run time. The wrappers are `pub(super)`, so nothing
+//! outside the CPU backend can call them on a CPU without those features.
+//!
+//! Q4_1 against f32 activations uses a permuted activation layout (see [`permute_q4_1`])
+//! so a block's nibbles unpack with lane shifts instead of byte shuffles, and splits the
+//! block sum as `d * sum(q * x) + m * sum(x)` with `sum(x)` computed once per input.
+
+use std::arch::x86_64::*;
+
+use super::portable::BLOCK;
+use crate::WeightFormat;
+
+/// Bytes of one Q4_1 block.
+const Q4_1_BYTES: usize = 20;
+/// Bytes of one Q8_0 block.
+const Q8_0_BYTES: usize = 34;
+
+/// `sum(a[i] * b[i])` over the shorter slice.
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // SAFETY: installed only after AVX2/FMA/F16C detection (module docs).
+    unsafe { dot_impl(a, b) }
+}
+
+/// `y += alpha * x` over the shorter slice.
+pub(super) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    // SAFETY: installed only after AVX2/FMA/F16C detection (module docs).
+    unsafe { axpy_impl(alpha, x, y) }
+}
+
+/// Dequantizes a stored row into `out` (natural element order).
+pub(super) fn dequantize_row(format: WeightFormat, row: &[u8], out: &mut [f32]) {
+    match format {
+        // SAFETY: installed only after AVX2/FMA/F16C detection (module docs).
+        WeightFormat::Q4_1 => unsafe { dequantize_q4_1_row(row, out) },
+        _ => super::portable::dequantize_row(format, row, out),
+    }
+}
+
+/// One stored row dotted with a prepared input.
+pub(super) fn row_dot(format: WeightFormat, row: &[u8], input: &super::Prepared) -> f32 {
+    // SAFETY: installed only after AVX2/FMA/F16C detection (module docs). `matmul`
+    // checked the input against the matrix's `cols`, and `row` is one row of that
+    // matrix, so each kernel's length contract holds (Q4_1 inputs were permuted by
+    // `permute_q4_1`, which keeps the length and adds 4 sums per block).
+    unsafe {
+        match format {
+            WeightFormat::F32 => f32_row_dot(row, &input.x),
+            WeightFormat::Bf16 => bf16_row_dot(row, &input.x),
+            WeightFormat::Q4_1 => q4_1_row_dot(row, &input.x, &input.block_sums),
+            WeightFormat::Q8_0 => q8_0_row_dot(row, &input.x),
+        }
+    }
+}
+
+/// The 6x16 register tile of the blocked matrix product; see [`super::gemm`].
+pub(super) fn micro_kernel(panel: &[f32], xgroup: &[f32], tile: &mut [f32; 96]) {
+    // SAFETY: installed only after AVX2/FMA/F16C detection (module docs).
+    unsafe { micro_kernel_impl(panel, xgroup, tile) }
+}
+
+/// Reorders one input vector (a multiple of 32 long) for [`q4_1_row_dot`]: within each
+/// block, position `8k + l` holds element `4l + k` (for `l < 4`) or `16 + 4(l - 4) + k`,
+/// the order in which shifting a broadcast 16-byte block by `8k` and `8k + 4` bits per
+/// 32-bit lane produces the nibbles.
+pub(super) fn permute_q4_1(x: &[f32], out: &mut Vec<f32>, block_sums: &mut Vec<f32>) {
+    out.clear();
+    block_sums.clear();
+    for block in x.chunks_exact(BLOCK) {
+        for k in 0..4 {
+            for l in 0..8 {
+                let source = if l < 4 {
+                    4 * l + k
+                } else {
+                    16 + 4 * (l - 4) + k
+                };
+                out.push(block[source]);
+            }
+        }
+        // Lane 1 lines up with `m` in the [d, m, 0, 0] vector F16C makes of a block head.
+        block_sums.extend_from_slice(&[0.0, block.iter().sum(), 0.0, 0.0]);
+    }
+}
+
+/// Horizontal sum of eight lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum(v: __m256) -> f32 {
+    let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    hsum128(quad)
+}
+
+/// Horizontal sum of four lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum128(v: __m128) -> f32 {
+    let pair = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_impl(a: &[f32], b: &[f32]) -> f32 {
+    let len = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    // SAFETY: every load reads 8 floats at `i + offset` with `i + offset + 8 <= len`,
+    // inside both slices.
+    unsafe {
+        while i + 32 <= len {
+            for (j, lane) in acc.iter_mut().enumerate() {
+                let at = i + 8 * j;
+                *lane = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(pa.add(at)),
+                    _mm256_loadu_ps(pb.add(at)),
+                    *lane,
+                );
+            }
+            i += 32;
+        }
+        while i + 8 <= len {
+            acc[0] = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i)),
+                _mm256_loadu_ps(pb.add(i)),
+                acc[0],
+            );
+            i += 8;
+        }
+    }
+    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let tail: f32 = a[i..len].iter().zip(&b[i..len]).map(|(x, y)| x * y).sum();
+    hsum(sum) + tail
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn axpy_impl(alpha: f32, x: &[f32], y: &mut [f32]) {
+    let len = x.len().min(y.len());
+    let scale = _mm256_set1_ps(alpha);
+    let mut i = 0;
+    // SAFETY: each iteration reads and writes 8 floats below `len`, inside both slices.
+    unsafe {
+        while i + 8 <= len {
+            let py = y.as_mut_ptr().add(i);
+            _mm256_storeu_ps(
+                py,
+                _mm256_fmadd_ps(
+                    scale,
+                    _mm256_loadu_ps(x.as_ptr().add(i)),
+                    _mm256_loadu_ps(py),
+                ),
+            );
+            i += 8;
+        }
+    }
+    for (yi, xi) in y[i..len].iter_mut().zip(&x[i..len]) {
+        *yi += alpha * xi;
+    }
+}
+
+/// `[d, m, 0, 0]` (or `[d, x, 0, 0]` for Q8_0, whose second half is data) from the
+/// first four bytes of a block.
+///
+/// # Safety
+/// `block` must point to at least 4 readable bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block_head(block: *const u8) -> __m128 {
+    // SAFETY: the caller guarantees 4 readable bytes; read_unaligned has no alignment need.
+    let bits = unsafe { std::ptr::read_unaligned(block.cast::<i32>()) };
+    _mm_cvtph_ps(_mm_cvtsi32_si128(bits))
+}
+
+/// Q4_1 row times an input permuted by [`permute_q4_1`].
+///
+/// # Safety
+/// `row.len()` is a multiple of 20 and `xp.len() >= 32 * blocks`,
+/// `block_sums.len() >= 4 * blocks`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_1_row_dot(row: &[u8], xp: &[f32], block_sums: &[f32]) -> f32 {
+    let blocks = row.len() / Q4_1_BYTES;
+    debug_assert!(xp.len() >= blocks * BLOCK && block_sums.len() >= blocks * 4);
+    let mask = _mm256_set1_epi32(0x0F);
+    let high_half = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut acc_m = _mm_setzero_ps();
+    for b in 0..blocks {
+        // SAFETY: block `b < blocks` spans bytes `20b .. 20b + 20` of `row`; its inputs
+        // are floats `32b .. 32b + 32` of `xp` and `4b .. 4b + 4` of `block_sums`, all
+        // in bounds by the function's contract.
+        unsafe {
+            let block = row.as_ptr().add(b * Q4_1_BYTES);
+            let dm = block_head(block);
+            let packed = _mm256_broadcastsi128_si256(_mm_loadu_si128(block.add(4).cast()));
+            let q = _mm256_srlv_epi32(packed, high_half);
+            let x = xp.as_ptr().add(b * BLOCK);
+            let v0 = _mm256_cvtepi32_ps(_mm256_and_si256(q, mask));
+            let v1 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32::<8>(q), mask));
+            let v2 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32::<16>(q), mask));
+            let v3 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32::<24>(q), mask));
+            let mut s = _mm256_mul_ps(v0, _mm256_loadu_ps(x));
+            s = _mm256_fmadd_ps(v1, _mm256_loadu_ps(x.add(8)), s);
+            s = _mm256_fmadd_ps(v2, _mm256_loadu_ps(x.add(16)), s);
+            s = _mm256_fmadd_ps(v3, _mm256_loadu_ps(x.add(24)), s);
+            acc[b & 1] = _mm256_fmadd_ps(_mm256_broadcastss_ps(dm), s, acc[b & 1]);
+            acc_m = _mm_fmadd_ps(dm, _mm_loadu_ps(block_sums.as_ptr().add(b * 4)), acc_m);
+        }
+    }
+    hsum(_mm256_add_ps(acc[0], acc[1])) + hsum128(acc_m)
+}
+
+/// Q8_0 row times a plain input.
+///
+/// # Safety
+/// `row.len()` is a multiple of 34 and `x.len() >= 32 * blocks`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_row_dot(row: &[u8], x: &[f32]) -> f32 {
+    let blocks = row.len() / Q8_0_BYTES;
+    debug_assert!(x.len() >= blocks * BLOCK);
+    let mut acc = [_mm256_setzero_ps(); 2];
+    for b in 0..blocks {
+        // SAFETY: block `b` spans bytes `34b .. 34b + 34` of `row` (the head read takes
+        // 4 of them, the quants 32 after the 2-byte scale); inputs `32b .. 32b + 32`.
+        unsafe {
+            let block = row.as_ptr().add(b * Q8_0_BYTES);
+            let d = _mm256_broadcastss_ps(block_head(block));
+            let xb = x.as_ptr().add(b * BLOCK);
+            let mut s = _mm256_setzero_ps();
+            for part in 0..4 {
+                let bytes = _mm_loadl_epi64(block.add(2 + 8 * part).cast());
+                let q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+                s = _mm256_fmadd_ps(q, _mm256_loadu_ps(xb.add(8 * part)), s);
+            }
+            acc[b & 1] = _mm256_fmadd_ps(d, s, acc[b & 1]);
+        }
+    }
+    hsum(_mm256_add_ps(acc[0], acc[1]))
+}
+
+/// bf16 row times a plain input.
+///
+/// # Safety
+/// `x.len() >= row.len() / 2`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bf16_row_dot(row: &[u8], x: &[f32]) -> f32 {
+    let len = row.len() / 2;
+    let mut acc = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= len {
+        // SAFETY: 8 bf16 values (16 bytes) at element `i`, `i + 8 <= len`; 8 inputs.
+        unsafe {
+            let raw = _mm256_cvtepu16_epi32(_mm_loadu_si128(row.as_ptr().add(2 * i).cast()));
+            let w = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(raw));
+            acc = _mm256_fmadd_ps(w, _mm256_loadu_ps(x.as_ptr().add(i)), acc);
+        }
+        i += 8;
+    }
+    let mut tail = [0f32; 8];
+    super::portable::dequantize_row(WeightFormat::Bf16, &row[2 * i..], &mut tail);
+    hsum(acc) + super::portable::dot(&tail[..len - i], &x[i..len])
+}
+
+/// f32 row (little-endian bytes) times a plain input.
+///
+/// # Safety
+/// `x.len() >= row.len() / 4`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f32_row_dot(row: &[u8], x: &[f32]) -> f32 {
+    let len = row.len() / 4;
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut i = 0;
+    while i + 8 <= len {
+        // SAFETY: 8 floats (32 bytes, unaligned load) at element `i`, `i + 8 <= len`.
+        unsafe {
+            let w = _mm256_loadu_ps(row.as_ptr().add(4 * i).cast());
+            acc[(i / 8) & 1] =
+                _mm256_fmadd_ps(w, _mm256_loadu_ps(x.as_ptr().add(i)), acc[(i / 8) & 1]);
+        }
+        i += 8;
+    }
+    let mut tail = [0f32; 8];
+    super::portable::dequantize_row(WeightFormat::F32, &row[4 * i..], &mut tail);
+    hsum(_mm256_add_ps(acc[0], acc[1])) + super::portable::dot(&tail[..len - i], &x[i..len])
+}
+
+/// Q4_1 row to f32 in natural order, `d * q + m` as GGML computes it.
+///
+/// # Safety
+/// `row.len()` is a multiple of 20 and `out.len() >= 32 * blocks`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dequantize_q4_1_row(row: &[u8], out: &mut [f32]) {
+    let blocks = row.len() / Q4_1_BYTES;
+    assert!(out.len() >= blocks * BLOCK, "caller sizes the output");
+    let mask = _mm_set1_epi8(0x0F);
+    for b in 0..blocks {
+        // SAFETY: block `b` spans bytes `20b .. 20b + 20`; outputs `32b .. 32b + 32`.
+        unsafe {
+            let block = row.as_ptr().add(b * Q4_1_BYTES);
+            let dm = block_head(block);
+            let (d, m) = (
+                _mm256_broadcastss_ps(dm),
+                _mm256_set1_ps(_mm_cvtss_f32(_mm_movehdup_ps(dm))),
+            );
+            let packed = _mm_loadu_si128(block.add(4).cast());
+            let low = _mm_and_si128(packed, mask);
+            let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), mask);
+            let dst = out.as_mut_ptr().add(b * BLOCK);
+            for (part, bytes) in [
+                low,
+                _mm_srli_si128::<8>(low),
+                high,
+                _mm_srli_si128::<8>(high),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
+                _mm256_storeu_ps(dst.add(8 * part), _mm256_add_ps(_mm256_mul_ps(q, d), m));
+            }
+        }
+    }
+}
+
+/// 6 tokens x 16 rows: `tile[t * 16 + r] = sum_k xgroup[6k + t] * panel[16k + r]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn micro_kernel_impl(panel: &[f32], xgroup: &[f32], tile: &mut [f32; 96]) {
+    let depth = (panel.len() / 16).min(xgroup.len() / 6);
+    let mut acc = [[_mm256_setzero_ps(); 2]; 6];
+    let (pw, px) = (panel.as_ptr(), xgroup.as_ptr());
+    for k in 0..depth {
+        // SAFETY: `k < depth` keeps the 16 panel floats at `16k` and the 6 inputs at `6k`
+        // inside their slices.
+        unsafe {
+            let w0 = _mm256_loadu_ps(pw.add(16 * k));
+            let w1 = _mm256_loadu_ps(pw.add(16 * k + 8));
+            for (t, row) in acc.iter_mut().enumerate() {
+                let xv = _mm256_broadcast_ss(&*px.add(6 * k + t));
+                row[0] = _mm256_fmadd_ps(xv, w0, row[0]);
+                row[1] = _mm256_fmadd_ps(xv, w1, row[1]);
+            }
+        }
+    }
+    for (t, row) in acc.iter().enumerate() {
+        // SAFETY: `tile` holds 96 floats; row `t < 6` writes 16 of them at `16t`.
+        unsafe {
+            _mm256_storeu_ps(tile.as_mut_ptr().add(16 * t), row[0]);
+            _mm256_storeu_ps(tile.as_mut_ptr().add(16 * t + 8), row[1]);
+        }
+    }
+}
