@@ -8,3 +8,5 @@
 //! every other crate may depend on it.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+pub mod ton;
