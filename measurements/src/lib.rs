@@ -8,3 +8,6 @@
 //! client's nonce. It may depend only on `chrysalis-protocol`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+/// Verification of SEV-SNP attestation reports: pinned AMD chain, signature, policy.
+pub mod snp;

@@ -1,0 +1,119 @@
+//! Verification of AMD SEV-SNP attestation evidence.
+//!
+//! Structured like Project Oak's verifier: [`extract`] establishes that a report is
+//! genuine (pinned AMD chain, validity dates, signature over the raw bytes, TCB and
+//! chip-id extensions) and pulls out its claims; [`expect`] holds the reference values
+//! (a [`Policy`]); [`compare`] checks one against the other. [`Verifier`] ties them
+//! together and caches the verified AMD CA chains, so a report costs one RSA and one
+//! ECDSA verification. The verification time is an argument, so tests control the
+//! clock.
+
+pub mod certs;
+pub mod compare;
+pub mod error;
+pub mod expect;
+pub mod extract;
+pub mod report;
+
+use std::time::SystemTime;
+
+pub use compare::Skipped;
+pub use error::{CertRole, VerifyError};
+pub use expect::{AllowedMeasurement, MinTcb, Policy};
+pub use extract::{AuthenticReport, ChipBinding, EndorsementKey};
+pub use report::{GuestPolicy, Processor, Report, SigningKey, Tcb};
+
+use certs::CaChain;
+
+/// A report that passed every check, and which optional checks were skipped.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The genuine report and the claims AMD vouches for.
+    pub authentic: AuthenticReport,
+    /// Checks the policy did not ask for.
+    pub skipped: Skipped,
+}
+
+/// Verifies reports against pinned AMD roots, with the CA chains checked once.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    chains: Vec<CaChain>,
+}
+
+impl Verifier {
+    /// A verifier trusting AMD's pinned ARK/ASK/ASVK for Milan, Genoa and Turin. It
+    /// checks all six CA chains' signatures up front.
+    pub fn pinned() -> Result<Self, VerifyError> {
+        let mut chains = Vec::with_capacity(6);
+        for processor in Processor::ALL {
+            for role in [CertRole::Ask, CertRole::Asvk] {
+                chains.push(CaChain::pinned(processor, role)?);
+            }
+        }
+        Ok(Self { chains })
+    }
+
+    /// Uses a CA chain handed in with the evidence (ASK or ASVK, then ARK, PEM) in
+    /// place of the pinned intermediate. Its ARK must be the pinned one.
+    pub fn with_supplied_chain(mut self, pem: &[u8]) -> Result<Self, VerifyError> {
+        let chain = certs::chain_from_pem(pem)?;
+        self.chains.retain(|c| {
+            !(c.processor == chain.processor && c.intermediate_role == chain.intermediate_role)
+        });
+        self.chains.push(chain);
+        Ok(self)
+    }
+
+    fn chain_for(&self, processor: Processor, vek_role: CertRole) -> Option<&CaChain> {
+        let wanted = if vek_role == CertRole::Vlek {
+            CertRole::Asvk
+        } else {
+            CertRole::Ask
+        };
+        self.chains
+            .iter()
+            .find(|c| c.processor == processor && c.intermediate_role == wanted)
+    }
+
+    /// Authenticates the report, then compares it with the policy.
+    pub fn verify(
+        &self,
+        report: &[u8],
+        vek: &EndorsementKey,
+        policy: &Policy,
+        now: SystemTime,
+    ) -> Result<Verified, VerifyError> {
+        let report = Report::parse(report)?;
+        let authentic = self.authenticate(report, vek, now)?;
+        let skipped = compare::compare(&authentic, policy)?;
+        Ok(Verified { authentic, skipped })
+    }
+
+    /// Establishes that the report is genuine, without looking at the policy.
+    pub fn authenticate(
+        &self,
+        report: Report,
+        vek: &EndorsementKey,
+        now: SystemTime,
+    ) -> Result<AuthenticReport, VerifyError> {
+        let processor = extract::infer_processor(&report, vek)?;
+        let ca = self
+            .chain_for(processor, vek.role)
+            .ok_or(VerifyError::UnknownProcessor {
+                found: format!("no {} chain for {processor}", vek.role),
+            })?;
+        extract::authenticate(report, vek, ca, now)
+    }
+}
+
+/// One-shot verification with the pinned roots: report bytes, VCEK/VLEK (DER or
+/// PEM), policy, and the time to check certificate validity at.
+pub fn verify_report(
+    report: &[u8],
+    vek: &[u8],
+    policy: &Policy,
+    now: SystemTime,
+) -> Result<Verified, VerifyError> {
+    let vek = EndorsementKey::parse(vek)?;
+    Verifier::pinned()?.verify(report, &vek, policy, now)
+}
