@@ -171,7 +171,84 @@ unsafe fn block_head(block: *const u8) -> __m128 {
     _mm_cvtph_ps(_mm_cvtsi32_si128(bits))
 }
 
-/// Q4_1 row times an input permuted by [`permute_q4_1`].
+/// Folds `step` over blocks `0..blocks` into two accumulators, even blocks into the
+/// first and odd ones into the second, so consecutive blocks' FMA chains overlap.
+#[inline(always)]
+fn fold_alternating<A: Copy>(
+    blocks: usize,
+    zero: A,
+    mut step: impl FnMut(usize, A) -> A,
+) -> (A, A) {
+    let (mut even, mut odd) = (zero, zero);
+    let mut b = 0;
+    while b + 2 <= blocks {
+        even = step(b, even);
+        odd = step(b + 1, odd);
+        b += 2;
+    }
+    if b < blocks {
+        even = step(b, even);
+    }
+    (even, odd)
+}
+
+/// Constants for unpacking Q4_1 nibbles in the [`permute_q4_1`] order.
+#[derive(Clone, Copy)]
+struct NibbleUnpack {
+    mask: __m256i,
+    high_half: __m256i,
+}
+
+impl NibbleUnpack {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn new() -> Self {
+        Self {
+            mask: _mm256_set1_epi32(0x0F),
+            high_half: _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4),
+        }
+    }
+
+    /// One block's `acc + d * sum(q * x)` and `acc_m + [d, m, 0, 0] * sums`.
+    ///
+    /// # Safety
+    /// `block` points to 20 readable bytes, `x` to 32 floats, `sums` to 4 floats.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn block(
+        self,
+        block: *const u8,
+        x: *const f32,
+        sums: *const f32,
+        acc: __m256,
+        acc_m: __m128,
+    ) -> (__m256, __m128) {
+        // SAFETY: the caller guarantees the three ranges are readable.
+        unsafe {
+            let dm = block_head(block);
+            let packed = _mm256_broadcastsi128_si256(_mm_loadu_si128(block.add(4).cast()));
+            let q = _mm256_srlv_epi32(packed, self.high_half);
+            let v0 = _mm256_cvtepi32_ps(_mm256_and_si256(q, self.mask));
+            let v1 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32::<8>(q), self.mask));
+            let v2 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32::<16>(q), self.mask));
+            let v3 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32::<24>(q), self.mask));
+            let s01 = _mm256_fmadd_ps(
+                v1,
+                _mm256_loadu_ps(x.add(8)),
+                _mm256_mul_ps(v0, _mm256_loadu_ps(x)),
+            );
+            let s23 = _mm256_fmadd_ps(
+                v3,
+                _mm256_loadu_ps(x.add(24)),
+                _mm256_mul_ps(v2, _mm256_loadu_ps(x.add(16))),
+            );
+            let acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dm), _mm256_add_ps(s01, s23), acc);
+            (acc, _mm_fmadd_ps(dm, _mm_loadu_ps(sums), acc_m))
+        }
+    }
+}
+
+/// Q4_1 row times an input permuted by [`permute_q4_1`], two blocks per iteration
+/// into independent accumulators.
 ///
 /// # Safety
 /// `row.len()` is a multiple of 20 and `xp.len() >= 32 * blocks`,
@@ -180,33 +257,18 @@ unsafe fn block_head(block: *const u8) -> __m128 {
 unsafe fn q4_1_row_dot(row: &[u8], xp: &[f32], block_sums: &[f32]) -> f32 {
     let blocks = row.len() / Q4_1_BYTES;
     debug_assert!(xp.len() >= blocks * BLOCK && block_sums.len() >= blocks * 4);
-    let mask = _mm256_set1_epi32(0x0F);
-    let high_half = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
-    let mut acc = [_mm256_setzero_ps(); 2];
-    let mut acc_m = _mm_setzero_ps();
-    for b in 0..blocks {
-        // SAFETY: block `b < blocks` spans bytes `20b .. 20b + 20` of `row`; its inputs
-        // are floats `32b .. 32b + 32` of `xp` and `4b .. 4b + 4` of `block_sums`, all
-        // in bounds by the function's contract.
+    let unpack = NibbleUnpack::new();
+    let (pr, px, ps) = (row.as_ptr(), xp.as_ptr(), block_sums.as_ptr());
+    let zero = (_mm256_setzero_ps(), _mm_setzero_ps());
+    let ((acc0, m0), (acc1, m1)) = fold_alternating(blocks, zero, |b, (acc, m)| {
+        // SAFETY: `b < blocks`, so the block's bytes, inputs and sums are in bounds by
+        // the function's contract.
         unsafe {
-            let block = row.as_ptr().add(b * Q4_1_BYTES);
-            let dm = block_head(block);
-            let packed = _mm256_broadcastsi128_si256(_mm_loadu_si128(block.add(4).cast()));
-            let q = _mm256_srlv_epi32(packed, high_half);
-            let x = xp.as_ptr().add(b * BLOCK);
-            let v0 = _mm256_cvtepi32_ps(_mm256_and_si256(q, mask));
-            let v1 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32::<8>(q), mask));
-            let v2 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32::<16>(q), mask));
-            let v3 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32::<24>(q), mask));
-            let mut s = _mm256_mul_ps(v0, _mm256_loadu_ps(x));
-            s = _mm256_fmadd_ps(v1, _mm256_loadu_ps(x.add(8)), s);
-            s = _mm256_fmadd_ps(v2, _mm256_loadu_ps(x.add(16)), s);
-            s = _mm256_fmadd_ps(v3, _mm256_loadu_ps(x.add(24)), s);
-            acc[b & 1] = _mm256_fmadd_ps(_mm256_broadcastss_ps(dm), s, acc[b & 1]);
-            acc_m = _mm_fmadd_ps(dm, _mm_loadu_ps(block_sums.as_ptr().add(b * 4)), acc_m);
+            let block = pr.add(b * Q4_1_BYTES);
+            unpack.block(block, px.add(b * BLOCK), ps.add(b * 4), acc, m)
         }
-    }
-    hsum(_mm256_add_ps(acc[0], acc[1])) + hsum128(acc_m)
+    });
+    hsum(_mm256_add_ps(acc0, acc1)) + hsum128(_mm_add_ps(m0, m1))
 }
 
 /// Q8_0 row times a plain input.
@@ -217,24 +279,38 @@ unsafe fn q4_1_row_dot(row: &[u8], xp: &[f32], block_sums: &[f32]) -> f32 {
 unsafe fn q8_0_row_dot(row: &[u8], x: &[f32]) -> f32 {
     let blocks = row.len() / Q8_0_BYTES;
     debug_assert!(x.len() >= blocks * BLOCK);
-    let mut acc = [_mm256_setzero_ps(); 2];
-    for b in 0..blocks {
-        // SAFETY: block `b` spans bytes `34b .. 34b + 34` of `row` (the head read takes
-        // 4 of them, the quants 32 after the 2-byte scale); inputs `32b .. 32b + 32`.
-        unsafe {
-            let block = row.as_ptr().add(b * Q8_0_BYTES);
-            let d = _mm256_broadcastss_ps(block_head(block));
-            let xb = x.as_ptr().add(b * BLOCK);
-            let mut s = _mm256_setzero_ps();
-            for part in 0..4 {
-                let bytes = _mm_loadl_epi64(block.add(2 + 8 * part).cast());
-                let q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
-                s = _mm256_fmadd_ps(q, _mm256_loadu_ps(xb.add(8 * part)), s);
-            }
-            acc[b & 1] = _mm256_fmadd_ps(d, s, acc[b & 1]);
+    let (pr, px) = (row.as_ptr(), x.as_ptr());
+    let (acc0, acc1) = fold_alternating(blocks, _mm256_setzero_ps(), |b, acc| {
+        // SAFETY: `b < blocks`: the block's bytes and inputs are in bounds by the
+        // function's contract.
+        unsafe { q8_0_block(pr.add(b * Q8_0_BYTES), px.add(b * BLOCK), acc) }
+    });
+    hsum(_mm256_add_ps(acc0, acc1))
+}
+
+/// One Q8_0 block's `acc + d * sum(q * x)`.
+///
+/// # Safety
+/// `block` points to 34 readable bytes and `x` to 32 floats.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn q8_0_block(block: *const u8, x: *const f32, acc: __m256) -> __m256 {
+    // SAFETY: the head read takes the block's first 4 bytes, the quant loads 8 bytes at
+    // offsets 2, 10, 18, 26 (all within 34), the input loads 8 floats at 0, 8, 16, 24.
+    unsafe {
+        let d = _mm256_broadcastss_ps(block_head(block));
+        let mut parts = [_mm256_setzero_ps(); 4];
+        for (i, part) in parts.iter_mut().enumerate() {
+            let bytes = _mm_loadl_epi64(block.add(2 + 8 * i).cast());
+            let q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+            *part = _mm256_mul_ps(q, _mm256_loadu_ps(x.add(8 * i)));
         }
+        let s = _mm256_add_ps(
+            _mm256_add_ps(parts[0], parts[1]),
+            _mm256_add_ps(parts[2], parts[3]),
+        );
+        _mm256_fmadd_ps(d, s, acc)
     }
-    hsum(_mm256_add_ps(acc[0], acc[1]))
 }
 
 /// bf16 row times a plain input.
