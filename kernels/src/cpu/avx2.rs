@@ -12,6 +12,7 @@
 
 use std::arch::x86_64::*;
 
+use super::ops::HeadRows;
 use super::portable::BLOCK;
 use crate::WeightFormat;
 
@@ -20,16 +21,16 @@ const Q4_1_BYTES: usize = 20;
 /// Bytes of one Q8_0 block.
 const Q8_0_BYTES: usize = 34;
 
-/// `sum(a[i] * b[i])` over the shorter slice.
-pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// `out[j] = scale * dot(q, keys.row(j))` for each `j < out.len()`.
+pub(super) fn scores(q: &[f32], keys: HeadRows<'_>, scale: f32, out: &mut [f32]) {
     // SAFETY: installed only after AVX2/FMA/F16C detection (module docs).
-    unsafe { dot_impl(a, b) }
+    unsafe { scores_impl(q, keys, scale, out) }
 }
 
-/// `y += alpha * x` over the shorter slice.
-pub(super) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+/// `out = sum_j weights[j] * values.row(j)`.
+pub(super) fn weighted_sum(weights: &[f32], values: HeadRows<'_>, out: &mut [f32]) {
     // SAFETY: installed only after AVX2/FMA/F16C detection (module docs).
-    unsafe { axpy_impl(alpha, x, y) }
+    unsafe { weighted_sum_impl(weights, values, out) }
 }
 
 /// Dequantizes a stored row into `out` (natural element order).
@@ -156,6 +157,147 @@ fn axpy_impl(alpha: f32, x: &[f32], y: &mut [f32]) {
     }
     for (yi, xi) in y[i..len].iter_mut().zip(&x[i..len]) {
         *yi += alpha * xi;
+    }
+}
+
+/// Softmax in place with the same steps as [`super::ops::softmax`] (max, exponentials,
+/// f64 sum, reciprocal scale), eight lanes at a time.
+pub(super) fn softmax(x: &mut [f32]) {
+    // SAFETY: installed only after AVX2/FMA/F16C detection (module docs).
+    unsafe { softmax_impl(x) }
+}
+
+/// `e^x` for eight lanes, Cephes' `expf` scheme: `x = n ln 2 + r` with `ln 2` split in
+/// two for an exact reduction, a degree-5 polynomial for `e^r` on `|r| <= ln 2 / 2`,
+/// and `2^n` built in the exponent bits. About 1 ulp; inputs are clamped to
+/// `[-87.3, 88.4]`, so anything below gives about 1e-38 instead of 0.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn exp8(x: __m256) -> __m256 {
+    let x = _mm256_max_ps(
+        _mm256_min_ps(x, _mm256_set1_ps(88.376_26)),
+        _mm256_set1_ps(-87.336_55),
+    );
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm256_set1_ps(1.987_569_1e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let e_r = _mm256_add_ps(
+        _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r),
+        _mm256_set1_ps(1.0),
+    );
+    let biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+    _mm256_mul_ps(e_r, _mm256_castsi256_ps(_mm256_slli_epi32::<23>(biased)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn softmax_impl(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut chunks = x.chunks_exact_mut(8);
+    let mut sum = _mm256_setzero_pd();
+    for chunk in chunks.by_ref() {
+        // SAFETY: `chunk` holds exactly 8 floats.
+        unsafe {
+            let e = exp8(_mm256_sub_ps(
+                _mm256_loadu_ps(chunk.as_ptr()),
+                _mm256_set1_ps(max),
+            ));
+            _mm256_storeu_ps(chunk.as_mut_ptr(), e);
+            sum = _mm256_add_pd(sum, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+            sum = _mm256_add_pd(sum, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(e)));
+        }
+    }
+    let mut lanes = [0f64; 4];
+    // SAFETY: `lanes` holds 4 doubles.
+    unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), sum) };
+    let mut total: f64 = lanes.iter().sum();
+    for v in chunks.into_remainder() {
+        *v = (*v - max).exp();
+        total += f64::from(*v);
+    }
+    let inv = _mm256_set1_ps((1.0 / total) as f32);
+    let mut chunks = x.chunks_exact_mut(8);
+    for chunk in chunks.by_ref() {
+        // SAFETY: `chunk` holds exactly 8 floats.
+        unsafe {
+            _mm256_storeu_ps(
+                chunk.as_mut_ptr(),
+                _mm256_mul_ps(_mm256_loadu_ps(chunk.as_ptr()), inv),
+            )
+        };
+    }
+    for v in chunks.into_remainder() {
+        *v *= (1.0 / total) as f32;
+    }
+}
+
+/// Four keys at a time, so each query load feeds four FMAs.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scores_impl(q: &[f32], keys: HeadRows<'_>, scale: f32, out: &mut [f32]) {
+    let d = q.len();
+    let body = d - d % 8;
+    let done = out.len() - out.len() % 4;
+    for (g, group) in out[..done].chunks_exact_mut(4).enumerate() {
+        let rows: [&[f32]; 4] = std::array::from_fn(|r| keys.row(4 * g + r, d));
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for i in (0..body).step_by(8) {
+            // SAFETY: `i + 8 <= body <= d`, the length of `q` and of every row.
+            unsafe {
+                let qv = _mm256_loadu_ps(q.as_ptr().add(i));
+                for (a, row) in acc.iter_mut().zip(&rows) {
+                    *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(row.as_ptr().add(i)), *a);
+                }
+            }
+        }
+        for ((score, a), row) in group.iter_mut().zip(acc).zip(&rows) {
+            let tail = super::portable::dot(&q[body..], &row[body..]);
+            *score = (hsum(a) + tail) * scale;
+        }
+    }
+    for (j, score) in out.iter_mut().enumerate().skip(done) {
+        *score = dot_impl(q, keys.row(j, d)) * scale;
+    }
+}
+
+/// Four values at a time, so each output chunk is loaded and stored once per four.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn weighted_sum_impl(weights: &[f32], values: HeadRows<'_>, out: &mut [f32]) {
+    let d = out.len();
+    let body = d - d % 8;
+    out.fill(0.0);
+    let mut groups = weights.chunks_exact(4);
+    for (g, group) in groups.by_ref().enumerate() {
+        let rows: [&[f32]; 4] = std::array::from_fn(|r| values.row(4 * g + r, d));
+        let p: [__m256; 4] = std::array::from_fn(|r| _mm256_set1_ps(group[r]));
+        for i in (0..body).step_by(8) {
+            // SAFETY: `i + 8 <= body <= d`, the length of `out` and of every row.
+            unsafe {
+                let dst = out.as_mut_ptr().add(i);
+                let mut o = _mm256_loadu_ps(dst);
+                for (pr, row) in p.iter().zip(&rows) {
+                    o = _mm256_fmadd_ps(*pr, _mm256_loadu_ps(row.as_ptr().add(i)), o);
+                }
+                _mm256_storeu_ps(dst, o);
+            }
+        }
+        for (&w, row) in group.iter().zip(&rows) {
+            super::portable::axpy(w, &row[body..], &mut out[body..]);
+        }
+    }
+    let done = weights.len() - groups.remainder().len();
+    for (j, &w) in weights.iter().enumerate().skip(done) {
+        axpy_impl(w, values.row(j, d), out);
     }
 }
 

@@ -70,10 +70,12 @@ fn avx2_detected() -> bool {
 /// installs SIMD entries after checking the CPU supports them.
 #[derive(Clone, Copy)]
 pub(crate) struct Kernels {
-    /// `sum(a[i] * b[i])`.
-    pub dot: fn(&[f32], &[f32]) -> f32,
-    /// `y += alpha * x`.
-    pub axpy: fn(f32, &[f32], &mut [f32]),
+    /// Attention scores of one query against consecutive keys, scaled.
+    pub scores: fn(&[f32], ops::HeadRows<'_>, f32, &mut [f32]),
+    /// Softmax in place.
+    pub softmax: fn(&mut [f32]),
+    /// The probability-weighted sum of consecutive values.
+    pub weighted_sum: fn(&[f32], ops::HeadRows<'_>, &mut [f32]),
     /// Lays out one input vector the way `row_dot` wants it for a weight format.
     pub prepare: fn(WeightFormat, &[f32], &mut Prepared),
     /// One stored weight row (of the given format) dotted with a prepared input.
@@ -88,8 +90,9 @@ impl Kernels {
     fn for_isa(isa: Isa) -> Self {
         match isa {
             Isa::Portable => Self {
-                dot: portable::dot,
-                axpy: portable::axpy,
+                scores: portable::scores,
+                softmax: ops::softmax,
+                weighted_sum: portable::weighted_sum,
                 prepare: |_, x, prepared| prepared.copy_from(x),
                 row_dot: |format, row, input| portable::row_dot(format, row, &input.x),
                 dequantize_row: portable::dequantize_row,
@@ -97,8 +100,9 @@ impl Kernels {
             },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => Self {
-                dot: avx2::dot,
-                axpy: avx2::axpy,
+                scores: avx2::scores,
+                softmax: avx2::softmax,
+                weighted_sum: avx2::weighted_sum,
                 prepare: |format, x, prepared| match format {
                     WeightFormat::Q4_1 => {
                         avx2::permute_q4_1(x, &mut prepared.x, &mut prepared.block_sums)
@@ -469,7 +473,7 @@ impl Backend for CpuBackend {
 
     fn softmax(&self, x: &mut [f32]) -> Result<(), KernelError> {
         if !x.is_empty() {
-            ops::softmax(x);
+            (self.kernels.softmax)(x);
         }
         Ok(())
     }
@@ -508,18 +512,23 @@ impl Backend for CpuBackend {
         }
         let group = n_heads / n_kv_heads;
         let kernels = &self.kernels;
+        let stride = n_kv_heads * head_dim;
         let attend = |scores: &mut Vec<f32>, index: usize, out_head: &mut [f32]| {
             let (token, head) = (index / n_heads, index % n_heads);
-            let view = ops::HeadView {
-                q: &q[index * head_dim..(index + 1) * head_dim],
-                k,
-                v,
-                kv_offset: (head / group) * head_dim,
-                kv_stride: n_kv_heads * head_dim,
-                visible: first_pos + token + 1,
+            let offset = (head / group) * head_dim;
+            let keys = ops::HeadRows {
+                data: k,
+                stride,
+                offset,
             };
-            scores.resize(total, 0.0);
-            ops::attend_head(kernels, &view, scores, out_head);
+            let values = ops::HeadRows {
+                data: v,
+                stride,
+                offset,
+            };
+            scores.resize(first_pos + token + 1, 0.0);
+            let q_head = &q[index * head_dim..(index + 1) * head_dim];
+            ops::attend_head(kernels, q_head, keys, values, scores, out_head);
         };
         match &self.pool {
             None => {

@@ -62,42 +62,38 @@ pub(crate) fn softmax(x: &mut [f32]) {
     }
 }
 
-/// Where one query head's operands live, in elements.
-pub(crate) struct HeadView<'a> {
-    /// The query vector, `head_dim` long.
-    pub q: &'a [f32],
-    /// The whole key cache.
-    pub k: &'a [f32],
-    /// The whole value cache.
-    pub v: &'a [f32],
-    /// Offset of this head's KV head within a cache row.
-    pub kv_offset: usize,
+/// One KV head's rows in a cache: row `j` is `data[j * stride + offset..][..len]`.
+#[derive(Clone, Copy)]
+pub(crate) struct HeadRows<'a> {
+    /// The whole cache, `(positions, stride)`.
+    pub data: &'a [f32],
     /// Elements per cache row (`n_kv_heads * head_dim`).
-    pub kv_stride: usize,
-    /// Cache rows this query sees (causal: its own position plus one).
-    pub visible: usize,
+    pub stride: usize,
+    /// Offset of the head within a row.
+    pub offset: usize,
 }
 
-/// Attention for one query head: scores against every visible key, softmax, then the
-/// weighted sum of values into `out` (`head_dim` long). `scores` is scratch space of at
-/// least `view.visible` elements.
+impl<'a> HeadRows<'a> {
+    /// Row `j`, `len` elements. The attention shape checks keep it in bounds.
+    #[inline]
+    pub fn row(&self, j: usize, len: usize) -> &'a [f32] {
+        let at = j * self.stride + self.offset;
+        &self.data[at..at + len]
+    }
+}
+
+/// Attention for one query head `q`: scores against the first `scores.len()` keys,
+/// softmax, then the weighted sum of as many values into `out` (`q.len()` long).
 pub(crate) fn attend_head(
     kernels: &Kernels,
-    view: &HeadView<'_>,
+    q: &[f32],
+    keys: HeadRows<'_>,
+    values: HeadRows<'_>,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let head_dim = out.len();
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    let scores = &mut scores[..view.visible];
-    for (j, score) in scores.iter_mut().enumerate() {
-        let at = j * view.kv_stride + view.kv_offset;
-        *score = (kernels.dot)(view.q, &view.k[at..at + head_dim]) * scale;
-    }
-    softmax(scores);
-    out.fill(0.0);
-    for (j, &p) in scores.iter().enumerate() {
-        let at = j * view.kv_stride + view.kv_offset;
-        (kernels.axpy)(p, &view.v[at..at + head_dim], out);
-    }
+    let scale = 1.0 / (q.len() as f32).sqrt();
+    (kernels.scores)(q, keys, scale, scores);
+    (kernels.softmax)(scores);
+    (kernels.weighted_sum)(scores, values, out);
 }

@@ -4,6 +4,7 @@
 //! bf16 as the high half of an f32); accumulation is f32 in eight interleaved partial
 //! sums, which the compiler can keep in one vector register.
 
+use super::ops::HeadRows;
 use crate::WeightFormat;
 
 /// Values per quantized block (Q4_1 and Q8_0 alike).
@@ -87,6 +88,21 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub(crate) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi += alpha * xi;
+    }
+}
+
+/// `out[j] = scale * dot(q, keys.row(j))` for each `j < out.len()`.
+pub(crate) fn scores(q: &[f32], keys: HeadRows<'_>, scale: f32, out: &mut [f32]) {
+    for (j, score) in out.iter_mut().enumerate() {
+        *score = dot(q, keys.row(j, q.len())) * scale;
+    }
+}
+
+/// `out = sum_j weights[j] * values.row(j)`.
+pub(crate) fn weighted_sum(weights: &[f32], values: HeadRows<'_>, out: &mut [f32]) {
+    out.fill(0.0);
+    for (j, &w) in weights.iter().enumerate() {
+        axpy(w, values.row(j, out.len()), out);
     }
 }
 
