@@ -8,3 +8,14 @@
 //! Numerical work goes through `chrysalis-kernels`, the only Chrysalis crate it uses.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+pub mod config;
+pub mod dir;
+pub mod gguf;
+pub mod manifest;
+pub mod merkle;
+pub mod tokenizer;
+
+pub use config::{LlamaConfig, RopeLayout};
+pub use dir::{ModelDir, ModelError};
+pub use tokenizer::Tokenizer;
