@@ -11,7 +11,7 @@
 mod cpu;
 mod weight;
 
-pub use cpu::{CpuBackend, CpuOptions, Isa};
+pub use cpu::{ActivationPrecision, CpuBackend, CpuOptions, Isa};
 pub use weight::{WeightFormat, WeightMatrix};
 
 /// Everything that can go wrong in a kernel call, named by what was expected.

@@ -58,6 +58,20 @@ pub(super) fn row_dot(format: WeightFormat, row: &[u8], input: &super::Prepared)
     }
 }
 
+/// One stored row dotted with an input quantized by [`super::q8::quantize`].
+pub(super) fn row_dot_q8(format: WeightFormat, row: &[u8], input: &super::Prepared) -> f32 {
+    // SAFETY: installed only after AVX2/FMA/F16C detection (module docs). `matmul`
+    // checked the input against the matrix's `cols`; quantizing keeps 32 quants and 4
+    // scale floats per block, so each kernel's length contract holds.
+    unsafe {
+        match format {
+            WeightFormat::Q4_1 => q4_1_q8_row_dot(row, &input.q8, &input.block_sums),
+            WeightFormat::Q8_0 => q8_0_q8_row_dot(row, &input.q8, &input.block_sums),
+            _ => row_dot(format, row, input),
+        }
+    }
+}
+
 /// The 6x16 register tile of the blocked matrix product; see [`super::gemm`].
 pub(super) fn micro_kernel(panel: &[f32], xgroup: &[f32], tile: &mut [f32; 96]) {
     // SAFETY: installed only after AVX2/FMA/F16C detection (module docs).
@@ -453,6 +467,70 @@ unsafe fn q8_0_block(block: *const u8, x: *const f32, acc: __m256) -> __m256 {
         );
         _mm256_fmadd_ps(d, s, acc)
     }
+}
+
+/// `sum(u8 * i8)` of 32 byte pairs as eight f32 lanes (pairs added in i16, which
+/// cannot overflow for 4-bit or 7-bit magnitudes times `i8`).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_u8_i8(unsigned: __m256i, signed: __m256i) -> __m256 {
+    let pairs = _mm256_maddubs_epi16(unsigned, signed);
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+}
+
+/// Q4_1 row times a Q8_1-quantized input (GGML's `vec_dot_q4_1_q8_1`).
+///
+/// # Safety
+/// `row.len()` is a multiple of 20, `qx.len() >= 32 * blocks`, `ds.len() >= 4 * blocks`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_1_q8_row_dot(row: &[u8], qx: &[i8], ds: &[f32]) -> f32 {
+    let blocks = row.len() / Q4_1_BYTES;
+    debug_assert!(qx.len() >= blocks * BLOCK && ds.len() >= blocks * 4);
+    let mask = _mm256_set1_epi8(0x0F);
+    let high_half = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+    let (pr, px, ps) = (row.as_ptr(), qx.as_ptr(), ds.as_ptr());
+    let zero = (_mm256_setzero_ps(), _mm_setzero_ps());
+    let ((acc0, m0), (acc1, m1)) = fold_alternating(blocks, zero, |b, (acc, m)| {
+        // SAFETY: `b < blocks`: 20 weight bytes at `20b`, 32 quants at `32b` and 4 scale
+        // floats at `4b` are in bounds by the function's contract.
+        unsafe {
+            let block = pr.add(b * Q4_1_BYTES);
+            // [d_w * d_x, m_w * s_x, 0, 0]
+            let scales = _mm_mul_ps(block_head(block), _mm_loadu_ps(ps.add(b * 4)));
+            let packed = _mm256_broadcastsi128_si256(_mm_loadu_si128(block.add(4).cast()));
+            let qw = _mm256_and_si256(_mm256_srlv_epi32(packed, high_half), mask);
+            let xy = dot_u8_i8(qw, _mm256_loadu_si256(px.add(b * BLOCK).cast()));
+            let acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(scales), xy, acc);
+            (acc, _mm_add_ps(m, scales))
+        }
+    });
+    let m = _mm_add_ps(m0, m1);
+    // Lane 1 holds the sum of m_w * s_x; lane 0 the scale products, not wanted here.
+    hsum(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(_mm_movehdup_ps(m))
+}
+
+/// Q8_0 row times a Q8_0-quantized input (GGML's `vec_dot_q8_0_q8_0`).
+///
+/// # Safety
+/// `row.len()` is a multiple of 34, `qx.len() >= 32 * blocks`, `ds.len() >= 4 * blocks`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_q8_row_dot(row: &[u8], qx: &[i8], ds: &[f32]) -> f32 {
+    let blocks = row.len() / Q8_0_BYTES;
+    debug_assert!(qx.len() >= blocks * BLOCK && ds.len() >= blocks * 4);
+    let (pr, px, ps) = (row.as_ptr(), qx.as_ptr(), ds.as_ptr());
+    let (acc0, acc1) = fold_alternating(blocks, _mm256_setzero_ps(), |b, acc| {
+        // SAFETY: `b < blocks`: 34 weight bytes at `34b` (head read 4, quants 32 at +2),
+        // 32 quants at `32b` and the scale at `4b` are in bounds by the contract.
+        unsafe {
+            let block = pr.add(b * Q8_0_BYTES);
+            let scale = _mm_mul_ss(block_head(block), _mm_load_ss(ps.add(b * 4)));
+            let qw = _mm256_loadu_si256(block.add(2).cast());
+            let qxv = _mm256_loadu_si256(px.add(b * BLOCK).cast());
+            // maddubs needs one unsigned side: |w| against x carrying w's sign.
+            let xy = dot_u8_i8(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qxv, qw));
+            _mm256_fmadd_ps(_mm256_broadcastss_ps(scale), xy, acc)
+        }
+    });
+    hsum(_mm256_add_ps(acc0, acc1))
 }
 
 /// bf16 row times a plain input.
