@@ -9,5 +9,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+/// SNP launch digests of the guest image (measured direct boot).
+pub mod launch;
+
 /// Verification of SEV-SNP attestation reports: pinned AMD chain, signature, policy.
 pub mod snp;
