@@ -1,0 +1,324 @@
+//! Wire messages: what travels in plain frames (seen by the shim) and what travels only
+//! inside sealed frames.
+//!
+//! Types may grow within version 1 only by adding enum variants at the end; anything
+//! else changes bytes on the wire and bumps [`crate::PROTOCOL_VERSION`].
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::codec::{check_len, WireMessage};
+use crate::evidence::Evidence;
+use crate::frame::{Frame, FrameKind};
+use crate::signing::{Receipt, Signed};
+use crate::ProtocolError;
+
+/// Domain label of [`InferenceRequest::hash`].
+pub const REQUEST_HASH_LABEL: &[u8] = b"chrysalis/v1/request";
+
+/// Longest error text accepted, in bytes.
+pub const MAX_ERROR_MESSAGE_LEN: usize = 1024;
+/// Most chat messages in one request.
+pub const MAX_CHAT_MESSAGES: usize = 1024;
+/// Most token ids in one stream chunk.
+pub const MAX_CHUNK_TOKENS: usize = 4096;
+
+/// Client to enclave, plain: "prove who you are", with a fresh challenge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvidenceRequest {
+    /// 32 random bytes; the enclave binds them into `REPORT_DATA`.
+    pub nonce: [u8; 32],
+}
+
+/// Client to enclave, plain: start a sealed session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionOpen {
+    /// The client's fresh X25519 public key.
+    pub client_ephemeral_pub: [u8; 32],
+    /// [`Evidence::hash`] of the evidence the client verified.
+    pub evidence_hash: [u8; 32],
+}
+
+/// Enclave to client, plain: the session is open; sealed frames may follow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionAccept {
+    /// An identifier the enclave chose for logs and metrics; not secret, not a key.
+    pub session_id: [u8; 16],
+}
+
+/// Why a request or session failed; travels plain or sealed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The peer sent something this protocol version does not allow.
+    BadRequest,
+    /// The peer speaks another protocol version.
+    UnsupportedVersion,
+    /// Evidence or a session could not be established.
+    HandshakeFailed,
+    /// The request cannot be served right now; retry later.
+    Overloaded,
+    /// The payment channel does not cover the request.
+    PaymentRequired,
+    /// The enclave failed; nothing about the request is revealed.
+    Internal,
+}
+
+/// An error report. Its text must never quote plaintext.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMessage {
+    /// Machine-readable category.
+    pub code: ErrorCode,
+    /// Human-readable detail (at most [`MAX_ERROR_MESSAGE_LEN`] bytes).
+    pub message: String,
+}
+
+/// A [`crate::ton::SignedCharge`] as its BOC bytes (`SignedCharge::to_boc`), at most
+/// [`crate::ton::MAX_SIGNED_CHARGE_BOC`] bytes; parse with `SignedCharge::from_boc`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChargeBoc {
+    /// The BOC bytes.
+    pub boc: Vec<u8>,
+}
+
+/// Messages carried in plain frames, visible to the untrusted shim.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PlainMessage {
+    /// Client asks for evidence.
+    EvidenceRequest(EvidenceRequest),
+    /// Enclave answers with its evidence.
+    EvidenceResponse(Evidence),
+    /// Client opens a sealed session.
+    SessionOpen(SessionOpen),
+    /// Enclave accepts it.
+    SessionAccept(SessionAccept),
+    /// Enclave hands the shim a signed cumulative charge for settlement.
+    Charge(ChargeBoc),
+    /// Either side reports a failure outside a session.
+    Error(ErrorMessage),
+}
+
+/// Who wrote a chat message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// Instructions for the assistant.
+    System,
+    /// The person asking.
+    User,
+    /// The model's earlier replies.
+    Assistant,
+}
+
+/// One turn of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Who wrote it.
+    pub role: Role,
+    /// What was written.
+    pub content: String,
+}
+
+/// The input of an inference request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Prompt {
+    /// A conversation, rendered by the model's chat template inside the enclave.
+    Chat(Vec<ChatMessage>),
+    /// Raw text, tokenized as it is.
+    Text(String),
+}
+
+/// How to pick tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    /// Softmax temperature; 0 means greedy. Must be finite and non-negative.
+    pub temperature: f32,
+    /// Nucleus mass in (0, 1]; 1 disables it.
+    pub top_p: f32,
+    /// Keep only the `top_k` most likely tokens; 0 disables it.
+    pub top_k: u32,
+    /// Seed of the sampler's RNG, for reproducible sampling.
+    pub seed: u64,
+}
+
+impl SamplingParams {
+    /// Greedy decoding: always the most likely token.
+    pub const GREEDY: SamplingParams = SamplingParams {
+        temperature: 0.0,
+        top_p: 1.0,
+        top_k: 0,
+        seed: 0,
+    };
+
+    fn check(&self) -> Result<(), ProtocolError> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(invalid("temperature", self.temperature, "finite and >= 0"));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(invalid("top_p", self.top_p, "in (0, 1]"));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(field: &'static str, found: f32, expected: &'static str) -> ProtocolError {
+    ProtocolError::InvalidValue {
+        field,
+        found: found.to_string(),
+        expected,
+    }
+}
+
+/// Client to enclave, sealed: run the model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InferenceRequest {
+    /// The client's id for this request, echoed in the [`Receipt`].
+    pub request_id: u64,
+    /// What to complete.
+    pub prompt: Prompt,
+    /// Most tokens to generate.
+    pub max_tokens: u32,
+    /// How to pick them.
+    pub sampling: SamplingParams,
+    /// Stream [`StreamChunk`]s as tokens come, or send one chunk at the end.
+    pub stream: bool,
+}
+
+impl InferenceRequest {
+    /// SHA-256("chrysalis/v1/request" ‖ postcard(self)): what a [`Receipt`] names.
+    pub fn hash(&self) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(REQUEST_HASH_LABEL);
+        hasher.update(self.to_wire());
+        hasher.finalize().into()
+    }
+}
+
+/// Enclave to client, sealed: newly generated text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamChunk {
+    /// Position of this chunk in the response, from 0.
+    pub index: u32,
+    /// Text decoded from `token_ids` (may be empty while a character is incomplete).
+    pub text: String,
+    /// Token ids generated since the previous chunk.
+    pub token_ids: Vec<u32>,
+}
+
+/// Tokens counted inside the enclave.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Usage {
+    /// Tokens of the rendered prompt.
+    pub prompt_tokens: u32,
+    /// Tokens generated.
+    pub completion_tokens: u32,
+}
+
+/// Why generation stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FinishReason {
+    /// The model produced an end-of-sequence token or a stop string.
+    Stop,
+    /// `max_tokens` or the context length was reached.
+    Length,
+    /// The client or the enclave cancelled the request.
+    Cancelled,
+}
+
+/// Enclave to client, sealed: the end of a response, with the signed receipt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseEnd {
+    /// Why generation stopped.
+    pub finish_reason: FinishReason,
+    /// The enclave's signature over the model, the request and the usage (the usage
+    /// lives only here, so it cannot disagree with what was signed).
+    pub receipt: Signed<Receipt>,
+}
+
+/// Messages carried only inside sealed frames.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum SealedMessage {
+    /// Client asks for a completion.
+    Request(InferenceRequest),
+    /// Enclave streams text.
+    Chunk(StreamChunk),
+    /// Enclave ends the response.
+    End(ResponseEnd),
+    /// Either side reports a failure inside the session.
+    Error(ErrorMessage),
+}
+
+impl WireMessage for ErrorMessage {
+    const NAME: &'static str = "error message";
+
+    fn check_bounds(&self) -> Result<(), ProtocolError> {
+        check_len("error message", self.message.len(), MAX_ERROR_MESSAGE_LEN)
+    }
+}
+
+impl WireMessage for InferenceRequest {
+    const NAME: &'static str = "inference request";
+
+    fn check_bounds(&self) -> Result<(), ProtocolError> {
+        if let Prompt::Chat(turns) = &self.prompt {
+            check_len("chat messages", turns.len(), MAX_CHAT_MESSAGES)?;
+        }
+        self.sampling.check()
+    }
+}
+
+impl WireMessage for StreamChunk {
+    const NAME: &'static str = "stream chunk";
+
+    fn check_bounds(&self) -> Result<(), ProtocolError> {
+        check_len("chunk token ids", self.token_ids.len(), MAX_CHUNK_TOKENS)
+    }
+}
+
+impl WireMessage for PlainMessage {
+    const NAME: &'static str = "plain message";
+
+    fn check_bounds(&self) -> Result<(), ProtocolError> {
+        match self {
+            PlainMessage::EvidenceResponse(evidence) => evidence.check_bounds(),
+            PlainMessage::Error(error) => error.check_bounds(),
+            PlainMessage::Charge(charge) => check_len(
+                "charge boc",
+                charge.boc.len(),
+                crate::ton::MAX_SIGNED_CHARGE_BOC,
+            ),
+            PlainMessage::EvidenceRequest(_)
+            | PlainMessage::SessionOpen(_)
+            | PlainMessage::SessionAccept(_) => Ok(()),
+        }
+    }
+}
+
+impl WireMessage for SealedMessage {
+    const NAME: &'static str = "sealed message";
+
+    fn check_bounds(&self) -> Result<(), ProtocolError> {
+        match self {
+            SealedMessage::Request(request) => request.check_bounds(),
+            SealedMessage::Chunk(chunk) => chunk.check_bounds(),
+            SealedMessage::Error(error) => error.check_bounds(),
+            SealedMessage::End(_) => Ok(()),
+        }
+    }
+}
+
+impl PlainMessage {
+    /// This message as a plain frame.
+    pub fn to_frame(&self) -> Result<Frame, ProtocolError> {
+        Frame::new(FrameKind::Plain, 0, self.to_wire())
+    }
+
+    /// This message as plain-frame wire bytes, ready to send.
+    pub fn to_frame_bytes(&self) -> Result<Vec<u8>, ProtocolError> {
+        Ok(self.to_frame()?.to_bytes())
+    }
+
+    /// Decodes the message in a plain frame; a sealed frame is refused.
+    pub fn from_frame(frame: &Frame) -> Result<Self, ProtocolError> {
+        frame.kind().expect(FrameKind::Plain)?;
+        Self::from_wire(frame.body())
+    }
+}
