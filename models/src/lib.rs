@@ -9,13 +9,6 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod config;
-pub mod dir;
-pub mod gguf;
-pub mod manifest;
-pub mod merkle;
-pub mod tokenizer;
-
-pub use config::{LlamaConfig, RopeLayout};
-pub use dir::{ModelDir, ModelError};
-pub use tokenizer::Tokenizer;
+pub mod chat;
+pub mod kv_cache;
+pub mod sampling;
