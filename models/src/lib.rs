@@ -10,5 +10,15 @@
 #![deny(missing_docs)]
 
 pub mod chat;
+pub mod config;
+pub mod dir;
+pub mod gguf;
 pub mod kv_cache;
+pub mod manifest;
+pub mod merkle;
 pub mod sampling;
+pub mod tokenizer;
+
+pub use config::{LlamaConfig, RopeLayout};
+pub use dir::{ModelDir, ModelError};
+pub use tokenizer::Tokenizer;
