@@ -236,8 +236,8 @@ impl Frame {
 /// Incremental frame decoder for a byte stream (TCP, vsock, WebSocket messages).
 ///
 /// It buffers at most one frame: the 16 header bytes, then, once the header has been
-/// validated, a body buffer of exactly the announced size (never more than
-/// [`MAX_BODY_LEN`]). Feed it whatever chunks arrive:
+/// validated (size at most [`MAX_BODY_LEN`]), body bytes as they arrive. Feed it
+/// whatever chunks arrive:
 ///
 /// ```
 /// use chrysalis_protocol::{Frame, FrameDecoder, FrameKind};
@@ -308,9 +308,12 @@ impl FrameDecoder {
                 return Ok(None);
             }
             let header = FrameHeader::parse(bytes)?;
-            // Bounded: parse() refused anything over MAX_BODY_LEN.
-            let body = Vec::with_capacity(header.body_len as usize);
-            self.state = DecoderState::Body { header, body };
+            // The body buffer grows only as bytes arrive, so a peer that announces a
+            // large frame and then stalls holds no more memory than it has sent.
+            self.state = DecoderState::Body {
+                header,
+                body: Vec::new(),
+            };
         }
         match &mut self.state {
             DecoderState::Body { header, body } => {
