@@ -14,13 +14,19 @@ use std::sync::Arc;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use num_bigint::BigUint;
-use tonlib_core::cell::{ArcCell, BagOfCells, Cell, CellBuilder, CellParser, TonCellError};
-use tonlib_core::tlb_types::block::state_init::StateInit;
+use tonlib_core::cell::{ArcCell, BagOfCells, CellBuilder, CellParser, TonCellError};
+/// Re-exported: the deploy message takes one.
+pub use tonlib_core::tlb_types::block::state_init::StateInit;
 use tonlib_core::tlb_types::tlb::TLB;
 use tonlib_core::wallet::mnemonic::KeyPair;
 use tonlib_core::wallet::ton_wallet::TonWallet;
 use tonlib_core::wallet::wallet_version::WalletVersion;
-use tonlib_core::{TonAddress, TonHash};
+use tonlib_core::TonHash;
+
+/// Re-exported so callers need no direct `tonlib-core` dependency.
+pub use tonlib_core::cell::Cell;
+/// Re-exported so callers need no direct `tonlib-core` dependency.
+pub use tonlib_core::TonAddress;
 
 /// The compiled channel contract (`contracts/build/channel.code.boc`).
 pub const CHANNEL_CODE_BOC: &[u8] = include_bytes!("../../contracts/build/channel.code.boc");
@@ -579,6 +585,11 @@ pub fn internal_message(
     }
     store_body(&mut b, body, refs_used)?;
     Ok(b.build()?)
+}
+
+/// The state init as a cell (for wallets that take it separately).
+pub fn state_init_cell(init: &StateInit) -> Result<Cell, TonError> {
+    Ok(init.to_cell()?)
 }
 
 /// A wallet v5r1 (`subwallet` = mainnet default) signing internal messages.
