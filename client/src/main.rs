@@ -1,6 +1,29 @@
 //! `chrysalis`: the command-line client.
+//!
+//! A small dispatcher: each subcommand lives in its own module.
 
-fn main() {
-    eprintln!("chrysalis: no subcommands yet");
-    std::process::exit(2);
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod verify_report;
+
+/// Chrysalis: confidential LLM inference you can verify.
+#[derive(Debug, Parser)]
+#[command(name = "chrysalis", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    // The subcommand's help comes from `verify_report::Args`.
+    VerifyReport(verify_report::Args),
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::VerifyReport(args) => verify_report::run(args),
+    }
 }

@@ -138,6 +138,41 @@ pub fn rfc3339(unix: Duration) -> String {
     }
 }
 
+/// Parses a verification time: Unix seconds, or RFC 3339 UTC
+/// (`2025-06-01T00:00:00Z`; a bare date `2025-06-01` means midnight UTC).
+pub fn parse_time(text: &str) -> Result<SystemTime, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(UNIX_EPOCH + Duration::from_secs(secs));
+    }
+    let bad = || {
+        format!("{text:?} is not Unix seconds or an RFC 3339 UTC time like 2025-06-01T00:00:00Z")
+    };
+    let (date, time) = match text.split_once('T') {
+        Some((d, t)) => (d, t.strip_suffix('Z').ok_or_else(bad)?),
+        None => (text, "00:00:00"),
+    };
+    let nums =
+        |s: &str, sep: char| -> Option<Vec<u16>> { s.split(sep).map(|n| n.parse().ok()).collect() };
+    let (Some(d), Some(t)) = (nums(date, '-'), nums(time, ':')) else {
+        return Err(bad());
+    };
+    let ([y, mo, da], [h, mi, se]) = (d.as_slice(), t.as_slice()) else {
+        return Err(bad());
+    };
+    let narrow = |v: u16| u8::try_from(v).map_err(|_| bad());
+    let dt = x509_cert::der::DateTime::new(
+        *y,
+        narrow(*mo)?,
+        narrow(*da)?,
+        narrow(*h)?,
+        narrow(*mi)?,
+        narrow(*se)?,
+    )
+    .map_err(|_| bad())?;
+    Ok(UNIX_EPOCH + dt.unix_duration())
+}
+
 fn common_name(name: &x509_cert::name::Name) -> String {
     // RFC 4514 text, e.g. "CN=SEV-Milan,O=Advanced Micro Devices,..."; the values AMD
     // uses contain no escaped commas.
@@ -337,6 +372,22 @@ mod tests {
         );
         assert_eq!(classify_amd_name("SEV-Rome"), None);
         assert_eq!(classify_amd_name("Example CA"), None);
+    }
+
+    #[test]
+    fn times_parse_both_ways() {
+        let t = parse_time("2025-06-01T00:00:00Z").unwrap();
+        assert_eq!(t, UNIX_EPOCH + Duration::from_secs(1_748_736_000));
+        assert_eq!(parse_time("2025-06-01").unwrap(), t);
+        assert_eq!(parse_time("1748736000").unwrap(), t);
+        for bad in [
+            "2025-13-01",
+            "yesterday",
+            "2025-06-01T00:00:00",
+            "2025-06-01T99:00:00Z",
+        ] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
