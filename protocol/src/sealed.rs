@@ -268,3 +268,26 @@ pub fn session_keys(shared_secret: &[u8; 32], open: &SessionOpen) -> Zeroizing<[
     }
     keys
 }
+
+#[cfg(test)]
+mod tests {
+    /// Compiles only if `T` wipes itself on drop.
+    fn wipes_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+
+    /// Compiles only if `T` can be wiped.
+    fn has_zeroize<T: zeroize::Zeroize>() {}
+
+    #[test]
+    fn every_secret_holder_is_zeroize_on_drop() {
+        // A compile-time check: removing the `zeroize` features of aes, x25519-dalek or
+        // ed25519-dalek breaks the build of this test.
+        wipes_on_drop::<aes::Aes256>();
+        // x25519-dalek 2 derives `Zeroize` with `#[zeroize(drop)]` (a wiping `Drop`)
+        // under its `zeroize` feature but does not implement the marker trait, so
+        // check that the feature is on.
+        has_zeroize::<x25519_dalek::StaticSecret>();
+        has_zeroize::<x25519_dalek::SharedSecret>();
+        wipes_on_drop::<ed25519_dalek::SigningKey>();
+        wipes_on_drop::<zeroize::Zeroizing<[u8; 32]>>();
+    }
+}
