@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod pay;
 mod verify_report;
 
 /// Chrysalis: confidential LLM inference you can verify.
@@ -20,10 +21,13 @@ struct Cli {
 enum Command {
     // The subcommand's help comes from `verify_report::Args`.
     VerifyReport(verify_report::Args),
+    /// Build payment-channel messages (deploy, top up, withdraw, close) as BOC files.
+    Pay(pay::Args),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::VerifyReport(args) => verify_report::run(args),
+        Command::Pay(args) => pay::run(args),
     }
 }
