@@ -6,8 +6,39 @@
 //! the same binary runs as an ordinary process (`generate`, and `serve` in dev mode with
 //! simulated, INSECURE evidence). It may depend on every library crate of the workspace:
 //! protocol, measurements, models and kernels.
+//!
+//! This file only parses the command line and dispatches to the library's modules.
 
-fn main() {
-    eprintln!("chrysalis-enclave: no subcommands yet");
-    std::process::exit(2);
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use chrysalis_enclave::generate;
+
+/// The Chrysalis confidential inference enclave.
+#[derive(Parser, Debug)]
+#[command(name = "chrysalis-enclave", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate text from a prompt with a local model (CPU).
+    Generate(generate::GenerateArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Generate(args) => generate::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("chrysalis-enclave: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

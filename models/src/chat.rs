@@ -159,9 +159,15 @@ mod tests {
     #[test]
     fn content_is_data_not_template_code() {
         let got = smollm2()
-            .render(&[ChatMessage::user("{{ 7 * 7 }} {% if true %}x{% endif %}")], false)
+            .render(
+                &[ChatMessage::user("{{ 7 * 7 }} {% if true %}x{% endif %}")],
+                false,
+            )
             .unwrap();
-        assert!(got.contains("{{ 7 * 7 }} {% if true %}x{% endif %}"), "{got}");
+        assert!(
+            got.contains("{{ 7 * 7 }} {% if true %}x{% endif %}"),
+            "{got}"
+        );
     }
 
     #[test]
@@ -181,11 +187,18 @@ mod tests {
     fn bad_templates_fail_with_the_reason() {
         let err = ChatTemplate::new("{% for %}", "", "").unwrap_err();
         assert!(matches!(err, ChatError::Compile(_)), "{err}");
-        let t = ChatTemplate::new("{{ raise_exception('roles must alternate') }}", "", "")
-            .unwrap();
+        let t = ChatTemplate::new("{{ raise_exception('roles must alternate') }}", "", "").unwrap();
         let err = t.render(&[], true).unwrap_err().to_string();
         assert!(err.contains("roles must alternate"), "{err}");
-        let t = ChatTemplate::new("{% for i in range(10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}", "", "").unwrap();
-        assert!(t.render(&[], true).is_err(), "fuel bounds a runaway template");
+        let t = ChatTemplate::new(
+            "{% for i in range(10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        assert!(
+            t.render(&[], true).is_err(),
+            "fuel bounds a runaway template"
+        );
     }
 }

@@ -12,8 +12,10 @@
 pub mod chat;
 pub mod config;
 pub mod dir;
+pub mod engine;
 pub mod gguf;
 pub mod kv_cache;
+pub mod llama;
 pub mod manifest;
 pub mod merkle;
 pub mod sampling;

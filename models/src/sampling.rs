@@ -329,7 +329,9 @@ mod tests {
     /// Deterministic pseudo-random logits with distinct values.
     fn logits(seed: u64, n: usize) -> Vec<f32> {
         let mut rng = Xoshiro256::seed_from_u64(seed);
-        (0..n).map(|_| (rng.next_f64() * 20.0 - 10.0) as f32).collect()
+        (0..n)
+            .map(|_| (rng.next_f64() * 20.0 - 10.0) as f32)
+            .collect()
     }
 
     fn params(temperature: f32, top_k: usize, top_p: f32, min_p: f32) -> SamplingParams {
@@ -428,7 +430,7 @@ mod tests {
             ..SamplingParams::GREEDY
         };
         let mut s = Sampler::new(p).unwrap();
-        assert_eq!(s.sample(&mut vec![2.0, -1.0, 1.5], &[0]).unwrap(), 2);
+        assert_eq!(s.sample(&mut [2.0, -1.0, 1.5], &[0]).unwrap(), 2);
     }
 
     #[test]
@@ -451,7 +453,9 @@ mod tests {
             assert!(Sampler::new(bad).is_err(), "{bad:?}");
         }
         let mut s = Sampler::new(params(1.0, 0, 1.0, 0.0)).unwrap();
-        let err = s.sample(&mut [f32::NAN, f32::NEG_INFINITY], &[]).unwrap_err();
+        let err = s
+            .sample(&mut [f32::NAN, f32::NEG_INFINITY], &[])
+            .unwrap_err();
         assert_eq!(err, SamplingError::NoCandidate { len: 2 });
         assert!(s.sample(&mut [], &[]).is_err());
     }
