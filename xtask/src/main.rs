@@ -3,6 +3,7 @@
 //! Each subcommand lives in its own module; this file only parses and dispatches.
 //! xtask may depend on any crate of the workspace.
 
+mod billing_demo;
 mod ci;
 mod demo;
 mod util;
