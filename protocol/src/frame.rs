@@ -205,7 +205,18 @@ impl Frame {
     /// Decodes exactly one frame from `bytes`, rejecting short input
     /// ([`ProtocolError::Truncated`]) and leftovers ([`ProtocolError::TrailingBytes`]).
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
-        let (head, rest) =
+        let (header, body) = Frame::parse_exact(bytes)?;
+        Ok(Frame {
+            header,
+            body: body.to_vec(),
+        })
+    }
+
+    /// Like [`Frame::decode`] but without copying: validates that `bytes` is exactly one
+    /// frame and returns its header and body. A relay that only checks and forwards
+    /// frames needs nothing more.
+    pub fn parse_exact(bytes: &[u8]) -> Result<(FrameHeader, &[u8]), ProtocolError> {
+        let (head, body) =
             bytes
                 .split_first_chunk::<HEADER_LEN>()
                 .ok_or(ProtocolError::Truncated {
@@ -215,20 +226,17 @@ impl Frame {
                 })?;
         let header = FrameHeader::parse(head)?;
         let body_len = header.body_len as usize;
-        match rest.len().cmp(&body_len) {
+        match body.len().cmp(&body_len) {
             core::cmp::Ordering::Less => Err(ProtocolError::Truncated {
                 what: "frame body",
                 needed: body_len,
-                found: rest.len(),
+                found: body.len(),
             }),
             core::cmp::Ordering::Greater => Err(ProtocolError::TrailingBytes {
                 what: "frame",
-                extra: rest.len() - body_len,
+                extra: body.len() - body_len,
             }),
-            core::cmp::Ordering::Equal => Ok(Frame {
-                header,
-                body: rest.to_vec(),
-            }),
+            core::cmp::Ordering::Equal => Ok((header, body)),
         }
     }
 }

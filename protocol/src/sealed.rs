@@ -11,7 +11,7 @@
 //! A receiver accepts only the exact next counter, so replays, drops and reorders are
 //! refused; any failure to open closes the channel for good.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use hkdf::Hkdf;
 use rand_core::CryptoRngCore;
@@ -20,7 +20,7 @@ use x25519_dalek::{EphemeralSecret, PublicKey, SharedSecret};
 use zeroize::Zeroizing;
 
 use crate::codec::WireMessage;
-use crate::frame::{Frame, FrameHeader, FrameKind, MAX_BODY_LEN};
+use crate::frame::{Frame, FrameHeader, FrameKind, HEADER_LEN, MAX_BODY_LEN};
 use crate::keys::EnclaveKeys;
 use crate::messages::{SealedMessage, SessionOpen};
 use crate::ProtocolError;
@@ -143,20 +143,18 @@ impl SealedChannel {
             plaintext.len().saturating_add(TAG_LEN),
             self.send_counter,
         )?;
-        let aad = header.to_bytes();
-        let payload = Payload {
-            msg: plaintext,
-            aad: &aad,
-        };
-        let body = self
+        // Encrypt in place behind the header: one buffer, no intermediate copy.
+        let mut out = Vec::with_capacity(header.frame_len());
+        out.extend_from_slice(&header.to_bytes());
+        out.extend_from_slice(plaintext);
+        let (aad, body) = out.split_at_mut(HEADER_LEN);
+        let tag = self
             .sealer
-            .encrypt(&nonce(self.send_counter), payload)
+            .encrypt_in_place_detached(&nonce(self.send_counter), aad, body)
             // Invariant: aes-gcm fails only for inputs over 2^36 bytes; bodies are < 1 MiB.
             .expect("AES-GCM encryption of a bounded frame cannot fail");
+        out.extend_from_slice(&tag);
         self.send_counter += 1;
-        let mut out = Vec::with_capacity(header.frame_len());
-        out.extend_from_slice(&aad);
-        out.extend_from_slice(&body);
         Ok(out)
     }
 

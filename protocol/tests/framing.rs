@@ -105,6 +105,27 @@ fn exact_decoding_refuses_trailing_and_missing_bytes() {
 }
 
 #[test]
+fn parse_exact_borrows_the_body_and_agrees_with_decode() {
+    let bytes = Frame::new(FrameKind::Sealed, 3, vec![8; 20])
+        .unwrap()
+        .to_bytes();
+    let (header, body) = Frame::parse_exact(&bytes).unwrap();
+    assert_eq!(
+        (header.kind, header.counter, body),
+        (FrameKind::Sealed, 3, &[8u8; 20][..])
+    );
+    assert_eq!(Frame::decode(&bytes).unwrap().body(), body);
+    assert!(matches!(
+        Frame::parse_exact(&bytes[..30]).unwrap_err(),
+        ProtocolError::Truncated {
+            what: "frame body",
+            needed: 20,
+            found: 14
+        }
+    ));
+}
+
+#[test]
 fn end_of_stream_inside_a_frame_is_truncation() {
     let bytes = Frame::new(FrameKind::Plain, 0, vec![9; 5])
         .unwrap()
