@@ -29,7 +29,13 @@ enum Command {
     Generate(generate::GenerateArgs),
 }
 
+mod init;
+
 fn main() -> ExitCode {
+    // As `/init` of the guest image the kernel starts us as PID 1, with no arguments.
+    if std::process::id() == 1 {
+        init::run();
+    }
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Generate(args) => generate::run(args),

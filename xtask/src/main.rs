@@ -6,6 +6,7 @@
 mod billing_demo;
 mod ci;
 mod demo;
+mod image;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -24,11 +25,23 @@ enum Command {
     Ci(ci::Args),
     /// End-to-end confidential chat on this machine (the README's main command).
     Demo(demo::Args),
+    /// Build the measured guest image (OVMF, kernel, initrd, cmdline) and its manifest.
+    BuildImage(image::BuildArgs),
+    /// Rebuild the image a published manifest describes and compare, item by item.
+    VerifyImage(image::VerifyArgs),
+    /// Boot the built image under QEMU (TCG) and wait for the enclave's ready line.
+    BootTest(image::BootTestArgs),
+    /// Build the image from two clones at different paths and compare the bytes.
+    ReproCheck(image::ReproArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Ci(args) => ci::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::BuildImage(args) => image::run_build(args),
+        Command::VerifyImage(args) => image::run_verify(args),
+        Command::BootTest(args) => image::boot::run(args),
+        Command::ReproCheck(args) => image::repro::run(args),
     }
 }

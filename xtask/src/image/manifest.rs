@@ -1,0 +1,326 @@
+//! The published image manifest (`measurements/published/NAME.json`): each component's
+//! SHA-256, the command line, the model root, the inputs, and the SNP launch digests.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Context;
+use chrysalis_measurements::launch::{self, LaunchDigestEntry, MeasuredBoot};
+use serde::{Deserialize, Serialize};
+
+use super::kernel::Module;
+use super::lock::{sha256_file, ImageLock};
+
+/// A published image manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Manifest {
+    /// Format version: 1.
+    pub manifest_version: u32,
+    /// The model name (and the manifest's file name).
+    pub name: String,
+    /// The model root hash the command line binds.
+    pub model_root: String,
+    /// SHA-256 of the static configuration in the initrd.
+    pub config_sha256: String,
+    /// The exact kernel command line (`-append`).
+    pub cmdline: String,
+    /// The measured files, plus the enclave binary inside the initrd.
+    pub components: Vec<Component>,
+    /// Kernel modules in the initrd, in load order.
+    pub modules: Vec<String>,
+    /// Pinned inputs, for a reviewer.
+    pub inputs: Inputs,
+    /// SEV_FEATURES assumed for the VMSAs (QEMU's default).
+    pub guest_features: String,
+    /// Launch digests for the published vCPU counts and CPU generations.
+    pub snp_launch_digests: Vec<LaunchDigestEntry>,
+}
+
+/// One file of the image.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Component {
+    /// `ovmf`, `kernel`, `initrd`, `cmdline` or `enclave`.
+    pub name: String,
+    /// File name in the image directory.
+    pub file: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256, lowercase hex.
+    pub sha256: String,
+}
+
+/// What the image was built from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Inputs {
+    /// Kernel package and version.
+    pub kernel: String,
+    /// edk2 source package and version.
+    pub edk2: String,
+    /// Rust toolchain.
+    pub rust_toolchain: String,
+    /// SHA-256 of `Cargo.lock`.
+    pub cargo_lock_sha256: String,
+    /// SHA-256 of `image.lock`.
+    pub image_lock_sha256: String,
+}
+
+/// Everything `Manifest::of_image` needs.
+pub struct ImageFacts<'a> {
+    pub name: &'a str,
+    pub model_root: &'a str,
+    pub config_sha256: &'a str,
+    pub out: &'a Path,
+    pub enclave: &'a Path,
+    pub modules: &'a [Module],
+    pub lock: &'a ImageLock,
+    pub root: &'a Path,
+}
+
+/// One line of a comparison.
+#[derive(Debug, Serialize)]
+pub struct Comparison {
+    /// What was compared.
+    pub item: String,
+    /// The published value.
+    pub published: String,
+    /// The rebuilt value.
+    pub rebuilt: String,
+    /// Whether they are equal.
+    pub matches: bool,
+}
+
+/// A full comparison of a published and a rebuilt manifest.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// One line per component and launch digest.
+    pub items: Vec<Comparison>,
+}
+
+impl Manifest {
+    /// Hashes the image in `facts.out` and computes its launch digests.
+    pub fn of_image(facts: ImageFacts<'_>) -> anyhow::Result<Self> {
+        let out = facts.out;
+        let mut components = Vec::new();
+        for (name, file) in [
+            ("ovmf", "OVMF.fd"),
+            ("kernel", "vmlinuz"),
+            ("initrd", "initrd.img"),
+            ("cmdline", "cmdline"),
+        ] {
+            components.push(component(name, file, &out.join(file))?);
+        }
+        components.push(component("enclave", "initrd.img:/init", facts.enclave)?);
+        let cmdline = fs::read_to_string(out.join("cmdline"))?;
+        let boot = MeasuredBoot {
+            ovmf: out.join("OVMF.fd"),
+            kernel: out.join("vmlinuz"),
+            initrd: out.join("initrd.img"),
+            cmdline: cmdline.clone(),
+        };
+        let digests =
+            launch::published_digests(&boot).context("could not compute launch digests")?;
+        let lock = facts.lock;
+        Ok(Self {
+            manifest_version: 1,
+            name: facts.name.to_owned(),
+            model_root: facts.model_root.to_owned(),
+            config_sha256: facts.config_sha256.to_owned(),
+            cmdline,
+            components,
+            modules: facts.modules.iter().map(|m| m.name.clone()).collect(),
+            inputs: Inputs {
+                kernel: format!("{} {}", lock.kernel.package, lock.kernel.version),
+                edk2: format!(
+                    "{} {} {}",
+                    lock.edk2.source, lock.edk2.version, lock.edk2.platform
+                ),
+                rust_toolchain: rustc_version(facts.root),
+                cargo_lock_sha256: sha256_file(&facts.root.join("Cargo.lock"))?,
+                image_lock_sha256: sha256_file(&facts.root.join(super::lock::LOCK_FILE))?,
+            },
+            guest_features: format!("{:#x}", launch::QEMU_DEFAULT_GUEST_FEATURES),
+            snp_launch_digests: digests,
+        })
+    }
+
+    /// Reads a manifest file.
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = fs::read_to_string(path)
+            .with_context(|| format!("could not read {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not an image manifest", path.display()))
+    }
+
+    /// Writes the manifest as pretty JSON with a final newline.
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let mut text = serde_json::to_string_pretty(self)?;
+        text.push('\n');
+        fs::write(path, text).with_context(|| format!("could not write {}", path.display()))
+    }
+
+    /// Human summary on stderr.
+    pub fn print_summary(&self, path: &Path) {
+        eprintln!("\nimage for model {} (root {})", self.name, self.model_root);
+        for c in &self.components {
+            eprintln!("  {:<8} {:>10} bytes  sha256 {}", c.name, c.size, c.sha256);
+        }
+        for d in self
+            .snp_launch_digests
+            .iter()
+            .filter(|d| d.vcpus == 1 || d.vcpus == 4)
+        {
+            eprintln!(
+                "  launch digest {:>2} vCPU {:<5} {}",
+                d.vcpus, d.cpu, d.digest
+            );
+        }
+        eprintln!(
+            "manifest: {} ({} launch digests)",
+            path.display(),
+            self.snp_launch_digests.len()
+        );
+    }
+
+    /// Compares this (published) manifest with a rebuilt one, item by item.
+    pub fn compare(&self, rebuilt: &Manifest) -> Report {
+        let mut items = Vec::new();
+        let mut push = |item: String, published: &str, rebuilt: &str| {
+            items.push(Comparison {
+                item,
+                published: published.to_owned(),
+                rebuilt: rebuilt.to_owned(),
+                matches: published == rebuilt,
+            });
+        };
+        for c in &self.components {
+            let other = rebuilt
+                .components
+                .iter()
+                .find(|o| o.name == c.name)
+                .map_or("(absent)", |o| o.sha256.as_str());
+            push(c.name.clone(), &c.sha256, other);
+        }
+        for d in &self.snp_launch_digests {
+            let other = rebuilt
+                .snp_launch_digests
+                .iter()
+                .find(|o| o.vcpus == d.vcpus && o.cpu == d.cpu)
+                .map_or("(absent)", |o| o.digest.as_str());
+            push(
+                format!("launch digest {} vCPU {}", d.vcpus, d.cpu),
+                &d.digest,
+                other,
+            );
+        }
+        Report { items }
+    }
+}
+
+impl Report {
+    /// Whether every item matched.
+    pub fn all_match(&self) -> bool {
+        !self.items.is_empty() && self.items.iter().all(|i| i.matches)
+    }
+
+    /// One line per item on stdout.
+    pub fn print(&self) {
+        for i in &self.items {
+            if i.matches {
+                println!("match     {:<28} {}", i.item, i.published);
+            } else {
+                println!(
+                    "MISMATCH  {:<28} published {} rebuilt {}",
+                    i.item, i.published, i.rebuilt
+                );
+            }
+        }
+        let bad = self.items.iter().filter(|i| !i.matches).count();
+        println!("{} items, {} mismatched", self.items.len(), bad);
+    }
+}
+
+fn component(name: &str, file: &str, path: &Path) -> anyhow::Result<Component> {
+    let size = fs::metadata(path)
+        .with_context(|| format!("{} is missing", path.display()))?
+        .len();
+    Ok(Component {
+        name: name.to_owned(),
+        file: file.to_owned(),
+        size,
+        sha256: sha256_file(path)?,
+    })
+}
+
+fn rustc_version(root: &Path) -> String {
+    Command::new("rustc")
+        .arg("--version")
+        .current_dir(root)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrysalis_measurements::launch::CpuGeneration;
+
+    fn sample() -> Manifest {
+        Manifest {
+            manifest_version: 1,
+            name: "m".into(),
+            model_root: "00".repeat(32),
+            config_sha256: "11".repeat(32),
+            cmdline: "console=ttyS0".into(),
+            components: vec![Component {
+                name: "kernel".into(),
+                file: "vmlinuz".into(),
+                size: 3,
+                sha256: "aa".into(),
+            }],
+            modules: vec![],
+            inputs: Inputs {
+                kernel: "k".into(),
+                edk2: "e".into(),
+                rust_toolchain: "r".into(),
+                cargo_lock_sha256: "c".into(),
+                image_lock_sha256: "i".into(),
+            },
+            guest_features: "0x1".into(),
+            snp_launch_digests: vec![LaunchDigestEntry {
+                vcpus: 1,
+                cpu: CpuGeneration::Milan,
+                digest: "dd".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn identical_manifests_match_and_one_changed_value_does_not() {
+        let published = sample();
+        assert!(published.compare(&sample()).all_match());
+        let mut kernel = sample();
+        kernel.components[0].sha256 = "ab".into();
+        let report = published.compare(&kernel);
+        assert!(!report.all_match());
+        assert_eq!(report.items.iter().filter(|i| !i.matches).count(), 1);
+        let mut digest = sample();
+        digest.snp_launch_digests[0].digest = "de".into();
+        assert!(!published.compare(&digest).all_match());
+    }
+
+    #[test]
+    fn the_digest_list_has_the_shape_verifiers_read() {
+        let json = serde_json::to_value(sample()).unwrap();
+        let entry = &json["snp_launch_digests"][0];
+        assert_eq!(entry["vcpus"], 1);
+        assert_eq!(entry["cpu"], "milan");
+        assert_eq!(entry["digest"], "dd");
+    }
+}

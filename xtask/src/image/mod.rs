@@ -1,0 +1,350 @@
+//! The reproducible, measured guest image: `build-image`, `verify-image`, `boot-test`
+//! and `repro-check`.
+//!
+//! An image is four files (OVMF.fd, vmlinuz, initrd.img, cmdline) plus a manifest with
+//! their SHA-256s and the SNP launch digests they give. Every external input is pinned
+//! in `image.lock`; everything else comes from this checkout.
+
+mod apt;
+pub mod boot;
+mod cpio;
+mod enclave;
+mod kernel;
+mod lock;
+mod manifest;
+mod ovmf;
+pub mod repro;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+
+use crate::util::{chrysalis_home, workspace_root};
+pub use boot::BootTestArgs;
+use lock::{sha256_hex, ImageLock, PinnedFile};
+use manifest::Manifest;
+pub use repro::ReproArgs;
+
+/// The model an image is built for when none is named.
+pub const DEFAULT_MODEL: &str = "smollm2-135m";
+
+/// Options of `cargo xtask build-image`.
+#[derive(clap::Args, Debug, Clone)]
+#[command(
+    after_help = "Writes OVMF.fd, vmlinuz, initrd.img and cmdline into --out and the manifest \
+to measurements/published/NAME.json. Downloads (through a private apt directory under \
+$CHRYSALIS_HOME/apt) are checked against image.lock; OVMF is built once per set of inputs \
+and cached under $CHRYSALIS_HOME/cache.\n\nExample: cargo xtask build-image --model smollm2-135m"
+)]
+pub struct BuildArgs {
+    /// Model the image serves: its root hash comes from $CHRYSALIS_HOME/models/NAME/manifest.json.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Model root hash (64 hex digits), when the model has not been fetched here.
+    #[arg(long)]
+    pub model_root: Option<String>,
+    /// Output directory for the image files [default: target/image].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Where to write the manifest [default: measurements/published/MODEL.json].
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
+    /// Build OVMF even when a cached build for these inputs exists.
+    #[arg(long)]
+    pub rebuild_ovmf: bool,
+    /// Download the apt package lists again.
+    #[arg(long)]
+    pub refresh_apt: bool,
+    /// Print the manifest as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `cargo xtask verify-image`.
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Rebuilds the image described by MANIFEST from this checkout (same model \
+name and model root) and prints each component and launch digest as match or mismatch. \
+Exits non-zero on any mismatch.\n\nExample: cargo xtask verify-image measurements/published/smollm2-135m.json"
+)]
+pub struct VerifyArgs {
+    /// The published manifest to check against.
+    pub manifest: PathBuf,
+    /// Where to put the rebuilt image [default: target/image-verify].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the comparison as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `cargo xtask build-image`.
+pub fn run_build(args: BuildArgs) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let manifest = build(&root, &args)?;
+    let path = args.manifest.clone().unwrap_or_else(|| {
+        root.join("measurements/published")
+            .join(format!("{}.json", args.model))
+    });
+    manifest.write(&path)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&manifest)?);
+    } else {
+        manifest.print_summary(&path);
+    }
+    Ok(())
+}
+
+/// `cargo xtask verify-image`.
+pub fn run_verify(args: VerifyArgs) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let published = Manifest::read(&args.manifest)?;
+    let build_args = BuildArgs {
+        model: published.name.clone(),
+        model_root: Some(published.model_root.clone()),
+        out: Some(args.out.unwrap_or_else(|| root.join("target/image-verify"))),
+        manifest: None,
+        rebuild_ovmf: false,
+        refresh_apt: false,
+        json: false,
+    };
+    let rebuilt = build(&root, &build_args)?;
+    let report = published.compare(&rebuilt);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        report.print();
+    }
+    if !report.all_match() {
+        bail!("the rebuilt image differs from {}", args.manifest.display());
+    }
+    Ok(())
+}
+
+/// The model root hash: `--model-root`, or the fetched model's manifest.
+fn model_root(args: &BuildArgs) -> anyhow::Result<String> {
+    let root = match &args.model_root {
+        Some(hex) => hex.to_lowercase(),
+        None => {
+            let path = chrysalis_home()
+                .join("models")
+                .join(&args.model)
+                .join("manifest.json");
+            let text = fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "no model manifest at {} : run `cargo xtask fetch-model {}` or pass --model-root HEX",
+                    path.display(),
+                    args.model
+                )
+            })?;
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", path.display()))?;
+            json.get("root")
+                .and_then(|r| r.as_str())
+                .with_context(|| format!("{} has no string field \"root\"", path.display()))?
+                .to_lowercase()
+        }
+    };
+    if root.len() != 64 || !root.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("model root {root:?} is not 64 hex digits");
+    }
+    Ok(root)
+}
+
+/// Builds the image described by `args` from the checkout at `root`.
+pub fn build(root: &Path, args: &BuildArgs) -> anyhow::Result<Manifest> {
+    if args.model.is_empty()
+        || !args
+            .model
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        bail!(
+            "model name {:?} must be letters, digits, -, _ or .",
+            args.model
+        );
+    }
+    let model_root = model_root(args)?;
+    let lock = ImageLock::load(root)?;
+    let home = chrysalis_home();
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| root.join("target/image"));
+    fs::create_dir_all(&out).with_context(|| format!("could not create {}", out.display()))?;
+
+    step(1, "downloading pinned Debian inputs");
+    let apt = apt::PrivateApt::create(&home.join("apt"), &lock.debian)?;
+    apt.update(args.refresh_apt)?;
+    let downloads = home.join("downloads");
+    let kernel_pin = PinnedFile {
+        file: lock.kernel.file.clone(),
+        sha256: lock.kernel.sha256.clone(),
+    };
+    let deb = apt.download_deb(
+        &lock.kernel.package,
+        &lock.kernel.version,
+        &kernel_pin,
+        &downloads,
+    )?;
+    let tarballs = apt.download_source(
+        &lock.edk2.source,
+        &lock.edk2.version,
+        &lock.edk2.files,
+        &downloads,
+    )?;
+
+    step(2, "OVMF (AmdSevX64)");
+    let ovmf = ovmf::firmware(&lock, &tarballs, &home.join("cache"), args.rebuild_ovmf)?;
+
+    step(3, "kernel and modules");
+    let kernel = kernel::KernelTree::unpack(
+        &deb,
+        &lock.kernel,
+        &home.join("cache").join(format!(
+            "kernel-{}",
+            lock.kernel.sha256.get(..16).unwrap_or("x")
+        )),
+    )?;
+    let modules = kernel.modules_in_load_order(&lock.kernel.modules)?;
+
+    step(4, "enclave (static musl, reproducible)");
+    let enclave = enclave::build(root, &lock, &root.join("target/image-enclave"))?;
+
+    step(5, "initrd and command line");
+    let config = static_config(&args.model);
+    let config_sha256 = sha256_hex(&config);
+    let initrd = initrd_bytes(&fs::read(&enclave)?, &modules, &config)?;
+    let cmdline = kernel_cmdline(&args.model, &model_root, &config_sha256);
+    fs::copy(&ovmf, out.join("OVMF.fd"))?;
+    fs::copy(kernel.vmlinuz()?, out.join("vmlinuz"))?;
+    fs::write(out.join("initrd.img"), &initrd)?;
+    fs::write(out.join("cmdline"), &cmdline)?;
+
+    step(6, "SNP launch digests");
+    Manifest::of_image(manifest::ImageFacts {
+        name: &args.model,
+        model_root: &model_root,
+        config_sha256: &config_sha256,
+        out: &out,
+        enclave: &enclave,
+        modules: &modules,
+        lock: &lock,
+        root,
+    })
+}
+
+fn step(n: u32, what: &str) {
+    eprintln!("\n==> [{n}/6] {what}");
+}
+
+/// Where the enclave's static configuration lives in the initrd.
+pub const CONFIG_PATH: &str = "etc/chrysalis/config.json";
+/// The module load order file in the initrd: one path per line.
+pub const MODULES_PATH: &str = "etc/chrysalis/modules";
+
+/// The static configuration baked into the initrd; its SHA-256 is on the command line.
+fn static_config(model: &str) -> Vec<u8> {
+    let config = serde_json::json!({
+        "config_version": 1,
+        "model": model,
+        "model_disk": "/dev/vda",
+        "vsock_port": 5000,
+        "evidence": "sev-snp-or-simulated",
+    });
+    let mut text = serde_json::to_string_pretty(&config).unwrap_or_default();
+    text.push('\n');
+    text.into_bytes()
+}
+
+/// The kernel command line: what the measurement binds besides the files.
+pub fn kernel_cmdline(model: &str, model_root: &str, config_sha256: &str) -> String {
+    format!(
+        "console=ttyS0 panic=-1 chrysalis.model={model} chrysalis.model_root={model_root} chrysalis.config={config_sha256}"
+    )
+}
+
+/// The initrd's entries: `/init`, `/dev/console`, mount points, modules and config.
+fn initrd_bytes(
+    enclave: &[u8],
+    modules: &[kernel::Module],
+    config: &[u8],
+) -> anyhow::Result<Vec<u8>> {
+    use cpio::{Entry, Kind};
+    let mut entries = vec![
+        Entry::file("init", 0o755, enclave.to_vec()),
+        Entry::dir("dev"),
+        Entry {
+            path: "dev/console".into(),
+            perm: 0o600,
+            kind: Kind::CharDev { major: 5, minor: 1 },
+        },
+        Entry::dir("proc"),
+        Entry::dir("sys"),
+        Entry::dir("tmp"),
+        Entry::dir("models"),
+        Entry::dir("etc"),
+        Entry::dir("etc/chrysalis"),
+        Entry::file(CONFIG_PATH, 0o644, config.to_vec()),
+        Entry::dir("lib"),
+        Entry::dir("lib/modules"),
+    ];
+    let mut order = String::new();
+    for module in modules {
+        let path = format!("lib/modules/{}.ko.xz", module.name);
+        let bytes = fs::read(&module.path)
+            .with_context(|| format!("could not read {}", module.path.display()))?;
+        entries.push(Entry::file(&path, 0o644, bytes));
+        order.push_str(&format!("/{path}\n"));
+    }
+    entries.push(Entry::file(MODULES_PATH, 0o644, order.into_bytes()));
+    cpio::write_newc(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_carries_model_root_and_config_hash() {
+        let line = kernel_cmdline("m", &"ab".repeat(32), &"cd".repeat(32));
+        assert!(line.starts_with("console=ttyS0 "));
+        assert!(line.contains(&format!("chrysalis.model_root={}", "ab".repeat(32))));
+        assert!(line.contains(&format!("chrysalis.config={}", "cd".repeat(32))));
+        assert!(
+            !line.ends_with('\n'),
+            "QEMU -append and the measurement take it verbatim"
+        );
+    }
+
+    #[test]
+    fn model_root_is_checked() {
+        let mut args = BuildArgs {
+            model: "m".into(),
+            model_root: Some("xyz".into()),
+            out: None,
+            manifest: None,
+            rebuild_ovmf: false,
+            refresh_apt: false,
+            json: false,
+        };
+        assert!(model_root(&args)
+            .unwrap_err()
+            .to_string()
+            .contains("64 hex"));
+        args.model_root = Some("AB".repeat(32));
+        assert_eq!(model_root(&args).unwrap(), "ab".repeat(32));
+    }
+
+    #[test]
+    fn initrd_is_deterministic_and_lists_modules_in_order() {
+        let modules = vec![];
+        let a = initrd_bytes(b"init", &modules, b"{}").unwrap();
+        let b = initrd_bytes(b"init", &modules, b"{}").unwrap();
+        assert_eq!(a, b);
+        assert!(a
+            .windows(b"dev/console\0".len())
+            .any(|w| w == b"dev/console\0"));
+    }
+}
