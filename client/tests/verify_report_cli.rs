@@ -113,57 +113,34 @@ fn debug_report_is_refused_naming_the_debug_bit_unless_allowed() {
     assert!(stdout(&out).contains("INSECURE"));
 }
 
-#[test]
-fn wrong_measurement_and_report_data_are_named() {
+/// Runs on the trustee Milan report and VCEK, any VMPL, at `MID_2025`, plus `extra`.
+fn run_trustee(extra: &[&str]) -> Output {
     let (report, vcek) = (
         data("trustee_milan_report.bin"),
         data("trustee_milan_vcek.der"),
     );
+    let mut args: Vec<&str> = vec![
+        "--report", &report, "--vcek", &vcek, "--vmpl", "0", "--vmpl", "1", "--at", MID_2025,
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+#[test]
+fn wrong_measurement_and_report_data_are_named() {
     let zeros48 = "00".repeat(48);
-    let out = run(&[
-        "--report",
-        &report,
-        "--vcek",
-        &vcek,
-        "--vmpl",
-        "0",
-        "--vmpl",
-        "1",
-        "--at",
-        MID_2025,
-        "--measurement",
-        &zeros48,
-        "--json",
-    ]);
+    let out = run_trustee(&["--measurement", &zeros48, "--json"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(json(&out)["check"], "measurement");
     let zeros64 = "00".repeat(64);
-    let out = run(&[
-        "--report",
-        &report,
-        "--vcek",
-        &vcek,
-        "--vmpl",
-        "0",
-        "--vmpl",
-        "1",
-        "--at",
-        MID_2025,
-        "--report-data",
-        &zeros64,
-        "--json",
-    ]);
+    let out = run_trustee(&["--report-data", &zeros64, "--json"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(json(&out)["check"], "report-data");
 }
 
 #[test]
 fn manifest_measurements_are_allowed() {
-    let (report, vcek) = (
-        data("trustee_milan_report.bin"),
-        data("trustee_milan_vcek.der"),
-    );
-    let bytes = std::fs::read(&report).unwrap();
+    let bytes = std::fs::read(data("trustee_milan_report.bin")).unwrap();
     let digest = hex_encode(&bytes[0x90..0xC0]);
     let dir = std::env::temp_dir().join(format!("chrysalis-manifest-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -173,21 +150,7 @@ fn manifest_measurements_are_allowed() {
         format!(r#"{{"version":1,"snp_launch_digests":[{{"vcpus":1,"cpu":"milan","digest":"{digest}"}}]}}"#),
     )
     .unwrap();
-    let out = run(&[
-        "--report",
-        &report,
-        "--vcek",
-        &vcek,
-        "--vmpl",
-        "0",
-        "--vmpl",
-        "1",
-        "--at",
-        MID_2025,
-        "--manifest",
-        dir.to_str().unwrap(),
-        "--json",
-    ]);
+    let out = run_trustee(&["--manifest", dir.to_str().unwrap(), "--json"]);
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     assert_eq!(

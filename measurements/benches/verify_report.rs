@@ -82,9 +82,18 @@ fn main() {
     }
     let [ours, full, sig] = samples.map(median);
     println!("verify one SNP report (Milan v2, VCEK), {rounds} interleaved rounds, medians:");
-    println!("  chrysalis, cached chain, all checks:        {:>9.3} ms", ms(ours));
-    println!("  sev 8 chain + report signature (uncached):  {:>9.3} ms", ms(full));
-    println!("  sev 8 report signature only:                {:>9.3} ms", ms(sig));
+    println!(
+        "  chrysalis, cached chain, all checks:        {:>9.3} ms",
+        ms(ours)
+    );
+    println!(
+        "  sev 8 chain + report signature (uncached):  {:>9.3} ms",
+        ms(full)
+    );
+    println!(
+        "  sev 8 report signature only:                {:>9.3} ms",
+        ms(sig)
+    );
 }
 
 fn ms(d: Duration) -> f64 {

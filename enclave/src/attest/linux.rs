@@ -126,7 +126,11 @@ pub fn parse_report_response(data: &[u8]) -> Result<Vec<u8>, AttestError> {
         u32::from_le_bytes(b)
     };
     if data.len() < REPORT_RSP_REPORT_OFFSET {
-        return Err(malformed("report response", data.len(), "at least 32 bytes"));
+        return Err(malformed(
+            "report response",
+            data.len(),
+            "at least 32 bytes",
+        ));
     }
     let status = word(0);
     if status != 0 {
@@ -312,7 +316,10 @@ mod tests {
         assert_eq!(report.len(), 1184);
         assert_eq!((report[0], report[1183]), (0, (1183 % 256) as u8));
         let err = parse_report_response(&report_response(0x16, 1184)).unwrap_err();
-        assert!(matches!(err, AttestError::FirmwareStatus { status: 0x16, .. }));
+        assert!(matches!(
+            err,
+            AttestError::FirmwareStatus { status: 0x16, .. }
+        ));
         let err = parse_report_response(&report_response(0, 5000)).unwrap_err();
         assert!(matches!(err, AttestError::Malformed { .. }), "{err}");
         assert!(parse_report_response(&[0u8; 8]).is_err());
@@ -347,12 +354,18 @@ mod tests {
         let mut bad = entry(GUID_VCEK, 90, u32::MAX);
         bad.extend([0u8; 24]);
         assert!(parse_cert_table(&bad).is_err());
-        assert!(parse_cert_table(&entry(GUID_VCEK, 0, 0)).is_err(), "no terminator");
+        assert!(
+            parse_cert_table(&entry(GUID_VCEK, 0, 0)).is_err(),
+            "no terminator"
+        );
     }
 
     #[test]
     fn guids_match_their_text_form() {
         assert_eq!(hex::encode(GUID_VCEK), "63da758de6644564adc5f4b93be8accd");
-        assert_eq!(hex::encode(GUID_ARK), "c0b406a4a80349529743_3fb6014cd0ae".replace('_', ""));
+        assert_eq!(
+            hex::encode(GUID_ARK),
+            "c0b406a4a80349529743_3fb6014cd0ae".replace('_', "")
+        );
     }
 }

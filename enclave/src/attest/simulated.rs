@@ -96,7 +96,10 @@ impl EvidenceProvider for SimulatedProvider {
         let signature: Signature = self.key.sign(&report[..SIGNED_LEN]);
         let (r, s) = signature.split_bytes();
         put_le_scalar(&mut report[offset::SIGNATURE_R..offset::SIGNATURE_S], &r);
-        put_le_scalar(&mut report[offset::SIGNATURE_S..offset::SIGNATURE_S + 72], &s);
+        put_le_scalar(
+            &mut report[offset::SIGNATURE_S..offset::SIGNATURE_S + 72],
+            &s,
+        );
         Ok(AttestationBundle {
             kind: ProviderKind::Simulated,
             report,

@@ -180,7 +180,10 @@ mod tests {
         let tsm = TsmReports::at(&root.0);
         let entry = tsm.create_entry().unwrap();
         entry.write_inblob(&[0x5a; 64]).unwrap();
-        assert_eq!(fs::read(entry.dir().join("inblob")).unwrap(), vec![0x5a; 64]);
+        assert_eq!(
+            fs::read(entry.dir().join("inblob")).unwrap(),
+            vec![0x5a; 64]
+        );
         kernel_answers(&entry, &[1u8; 1184], Some(b"table"));
         let out = entry.collect().unwrap();
         assert_eq!(out.report, vec![1u8; 1184]);

@@ -10,7 +10,11 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Ok(report) = Report::parse_binary_or_hex(data) {
         let _ = (report.policy(), report.signing_key(), report.cpuid());
-        let _ = (report.chip_id_masked(), report.mitigation_vectors(), report.signature_le());
+        let _ = (
+            report.chip_id_masked(),
+            report.mitigation_vectors(),
+            report.signature_le(),
+        );
         for p in Processor::ALL {
             let _ = report.reported_tcb(p).components();
         }
