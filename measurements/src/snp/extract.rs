@@ -128,6 +128,9 @@ impl EndorsementKey {
 /// AMD's VCEKs carry the hwID as raw bytes in extnValue; accept a DER OCTET STRING
 /// wrapping too, as some tools produce.
 fn unwrap_octet_string(value: &[u8]) -> &[u8] {
+    if matches!(value.len(), 8 | 64) {
+        return value; // Raw Turin (8) or Milan/Genoa (64) hwID, as AMD issues them.
+    }
     match value {
         [0x04, len, rest @ ..] if usize::from(*len) == rest.len() && rest.len() < 0x80 => rest,
         _ => value,
@@ -244,3 +247,20 @@ pub const TCB_COMPONENTS: [TcbComponent; 5] = [
     TcbComponent::Snp,
     TcbComponent::Microcode,
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::unwrap_octet_string;
+
+    #[test]
+    fn raw_hwids_are_never_mistaken_for_der() {
+        // A raw 64-byte hwID that happens to start like a DER OCTET STRING header.
+        let mut raw = [0x11u8; 64];
+        raw[0] = 0x04;
+        raw[1] = 62;
+        assert_eq!(unwrap_octet_string(&raw), &raw[..]);
+        let mut wrapped = vec![0x04, 64];
+        wrapped.extend([0x22; 64]);
+        assert_eq!(unwrap_octet_string(&wrapped), &[0x22; 64][..]);
+    }
+}
