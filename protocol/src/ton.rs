@@ -187,8 +187,8 @@ fn write_cell(out: &mut Vec<u8>, cell: &Cell, refs: &[usize], size_bytes: usize)
     }
 }
 
-/// CRC-32C (Castagnoli, reflected), as BOC files carry it.
-fn crc32c(bytes: &[u8]) -> u32 {
+/// CRC-32C (Castagnoli, reflected), as BOC files carry it (little-endian, last).
+pub fn crc32c(bytes: &[u8]) -> u32 {
     let mut crc = !0u32;
     for &b in bytes {
         crc ^= u32::from(b);
@@ -259,15 +259,136 @@ fn visit(
     post.push(node);
 }
 
-/// Parses a BOC with exactly one root.
-pub fn from_boc(bytes: &[u8]) -> Result<ArcCell, TonError> {
+/// Parses a BOC with exactly one root and at most `max_cells` cells.
+///
+/// The header is checked here first: `tonlib-core` allocates for the cell count a
+/// header claims, so an unchecked 30-byte input could abort the process.
+pub fn from_boc(bytes: &[u8], max_cells: usize) -> Result<ArcCell, TonError> {
+    check_boc_header(bytes, max_cells)?;
     Ok(BagOfCells::parse(bytes)?.single_root()?)
+}
+
+fn boc_error(what: String) -> TonError {
+    TonError::Cell(TonCellError::BagOfCellsDeserializationError(what))
+}
+
+fn read_be(bytes: &[u8], at: usize, len: usize) -> Result<u64, TonError> {
+    let field = bytes
+        .get(at..at + len)
+        .ok_or_else(|| boc_error(format!("header ends at byte {at}, {len} more expected")))?;
+    Ok(field.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+}
+
+/// Bounds every count in a BOC header against `max_cells` and the input length.
+fn check_boc_header(bytes: &[u8], max_cells: usize) -> Result<(), TonError> {
+    let magic = read_be(bytes, 0, 4)?;
+    if magic != 0xb5ee_9c72 {
+        return Err(boc_error(format!(
+            "magic {magic:#010x}, expected 0xb5ee9c72"
+        )));
+    }
+    let flags = read_be(bytes, 4, 1)? as usize;
+    let size_bytes = flags & 0b111;
+    let offset_bytes = read_be(bytes, 5, 1)? as usize;
+    if !(1..=4).contains(&size_bytes) || !(1..=8).contains(&offset_bytes) {
+        return Err(boc_error(format!(
+            "field widths {size_bytes}/{offset_bytes} bytes, expected 1-4/1-8"
+        )));
+    }
+    let cells = read_be(bytes, 6, size_bytes)?;
+    let roots = read_be(bytes, 6 + size_bytes, size_bytes)?;
+    let total = read_be(bytes, 6 + 3 * size_bytes, offset_bytes)?;
+    if cells == 0 || cells > max_cells as u64 {
+        return Err(boc_error(format!(
+            "{cells} cells, 1 to {max_cells} expected"
+        )));
+    }
+    if roots != 1 {
+        return Err(boc_error(format!("{roots} roots, 1 expected")));
+    }
+    if total > bytes.len() as u64 || total < 2 * cells {
+        return Err(boc_error(format!(
+            "cell data of {total} bytes in a {}-byte BOC with {cells} cells",
+            bytes.len()
+        )));
+    }
+    let root = read_be(bytes, 6 + 3 * size_bytes + offset_bytes, size_bytes)?;
+    if root >= cells {
+        return Err(boc_error(format!(
+            "root index {root}, below {cells} expected"
+        )));
+    }
+    let mut at = 6 + 4 * size_bytes + offset_bytes;
+    if flags & 0b1000_0000 != 0 {
+        at += cells as usize * offset_bytes; // index: skipped, cells are walked below
+    }
+    for i in 0..cells {
+        at = check_cell(bytes, at, i, cells, size_bytes)?;
+    }
+    check_crc(bytes, at, flags & 0b0100_0000 != 0)
+}
+
+/// Walks one raw cell: ordinary, at most 4 references, each to a later cell (the
+/// checks `tonlib-core` would otherwise make by panicking). Returns the next offset.
+fn check_cell(
+    bytes: &[u8],
+    at: usize,
+    index: u64,
+    cells: u64,
+    size_bytes: usize,
+) -> Result<usize, TonError> {
+    let d1 = read_be(bytes, at, 1)?;
+    let d2 = read_be(bytes, at + 1, 1)? as usize;
+    let refs = d1 & 0b111;
+    if d1 & !0b111 != 0 || refs > 4 {
+        return Err(boc_error(format!("cell {index}: descriptor {d1:#04x}, an ordinary cell with at most 4 references expected")));
+    }
+    let mut next = at + 2 + d2.div_ceil(2);
+    for _ in 0..refs {
+        let r = read_be(bytes, next, size_bytes)?;
+        if r <= index || r >= cells {
+            return Err(boc_error(format!(
+                "cell {index} refers to cell {r}, expected one in {}..{cells}",
+                index + 1
+            )));
+        }
+        next += size_bytes;
+    }
+    Ok(next)
+}
+
+/// Checks the trailing CRC-32C when the header announces one, and that nothing
+/// follows.
+fn check_crc(bytes: &[u8], at: usize, has_crc: bool) -> Result<(), TonError> {
+    let end = if has_crc { at + 4 } else { at };
+    if bytes.len() != end {
+        return Err(boc_error(format!(
+            "BOC is {} bytes, {end} expected",
+            bytes.len()
+        )));
+    }
+    if has_crc {
+        let found = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let expected = crc32c(&bytes[..at]);
+        if found != expected {
+            return Err(boc_error(format!(
+                "CRC-32C {found:#010x}, expected {expected:#010x}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The compiled channel code cell.
 pub fn channel_code() -> Result<ArcCell, TonError> {
-    from_boc(CHANNEL_CODE_BOC)
+    from_boc(CHANNEL_CODE_BOC, MAX_CODE_CELLS)
 }
+
+/// Most cells the channel code may have (it has about 20).
+const MAX_CODE_CELLS: usize = 256;
+
+/// Cells in a signed charge: the signature cell and the payload.
+const SIGNED_CHARGE_CELLS: usize = 2;
 
 /// A channel's fixed configuration; with the code it determines the address.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -455,7 +576,7 @@ impl SignedCharge {
                 max: MAX_SIGNED_CHARGE_BOC,
             });
         }
-        let root = from_boc(bytes)?;
+        let root = from_boc(bytes, SIGNED_CHARGE_CELLS)?;
         let mut p = root.parser();
         let mut signature = [0u8; 64];
         p.load_slice(&mut signature)?;
