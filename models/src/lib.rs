@@ -14,6 +14,7 @@ pub mod config;
 pub mod dir;
 pub mod engine;
 pub mod gguf;
+pub mod import;
 pub mod kv_cache;
 pub mod llama;
 pub mod manifest;
