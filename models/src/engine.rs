@@ -248,7 +248,10 @@ impl Engine {
     }
 
     /// One batched forward pass over the given sequences; returns the logits after each
-    /// one's last new token, in the order of `steps`. On error no sequence changes.
+    /// one's last new token, in the order of `steps`. A step naming an unknown or
+    /// repeated sequence, or starting past its end, changes nothing; once those checks
+    /// pass, rewinds (`start_pos` below a sequence's length) apply even if the forward
+    /// pass then refuses the batch, which leaves every cache at its rewound length.
     pub fn step(&mut self, steps: &[SeqStep<'_>]) -> Result<Logits, EngineError> {
         let mut slots: Vec<Option<&mut KvCache>> = steps.iter().map(|_| None).collect();
         let index: BTreeMap<SeqId, usize> =
