@@ -247,6 +247,10 @@ fn check_ledger(db: &Path, channel: &TonAddress, acknowledged: &[u64]) -> u64 {
         assert_eq!(*cumulative, cumulative_at(*seqno), "charge {seqno} amount");
     }
     let max = charges.last().map_or(0, |c| c.0);
+    let in_flight = ledger.outbox_count(OutboxState::Sent).expect("count");
+    if in_flight > 0 {
+        println!("  killed with {in_flight} settlement(s) sent but unconfirmed");
+    }
     if let Some(lost) = acknowledged.iter().find(|s| **s > max) {
         panic!("charge {lost} was acknowledged but is not in the ledger (max {max})");
     }
