@@ -357,3 +357,37 @@ fn a_supplied_chain_must_end_in_the_pinned_root() {
 fn sev_turin_ark_pem() -> String {
     String::from_utf8(sev::certs::snp::builtin::turin::ARK.to_vec()).unwrap()
 }
+
+#[test]
+fn the_endorsement_cache_remembers_only_the_exact_certificate() {
+    let verifier = pinned();
+    let report = milan_report();
+    for _ in 0..2 {
+        verifier
+            .verify(&report, &vek("vcek_milan.der"), &lenient_vmpl(), mid_2025())
+            .unwrap();
+    }
+    let err = verifier
+        .verify(
+            &report,
+            &vek("snp_test-vcek-invalid-new.der"),
+            &lenient_vmpl(),
+            mid_2025(),
+        )
+        .unwrap_err();
+    assert!(matches!(err, VerifyError::ChainSignature { .. }), "{err}");
+    // Dates are still checked for a cached certificate.
+    let after_expiry = UNIX_EPOCH + Duration::from_secs(2_000_000_000); // 2033-05
+    let err = verifier
+        .verify(
+            &report,
+            &vek("vcek_milan.der"),
+            &lenient_vmpl(),
+            after_expiry,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, VerifyError::CertificateValidity { .. }),
+        "{err}"
+    );
+}

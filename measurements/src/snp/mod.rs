@@ -15,7 +15,10 @@ pub mod expect;
 pub mod extract;
 pub mod report;
 
+use std::sync::Mutex;
 use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
 
 pub use compare::Skipped;
 pub use error::{CertRole, VerifyError};
@@ -34,10 +37,34 @@ pub struct Verified {
     pub skipped: Skipped,
 }
 
-/// Verifies reports against pinned AMD roots, with the CA chains checked once.
-#[derive(Debug, Clone)]
+/// Most VCEK/VLEK certificates remembered as verified (one per provider chip).
+const ENDORSED_CACHE: usize = 256;
+
+/// Verifies reports against pinned AMD roots, with the CA chains checked once and the
+/// CA's signature on each VCEK/VLEK checked the first time that certificate is seen.
+#[derive(Debug)]
 pub struct Verifier {
     chains: Vec<CaChain>,
+    /// SHA-256 of (intermediate DER, VCEK/VLEK DER) pairs whose signature verified.
+    endorsed: Mutex<Vec<[u8; 32]>>,
+}
+
+impl Clone for Verifier {
+    fn clone(&self) -> Self {
+        let endorsed = self.endorsed.lock().map(|v| v.clone()).unwrap_or_default();
+        Self {
+            chains: self.chains.clone(),
+            endorsed: Mutex::new(endorsed),
+        }
+    }
+}
+
+fn endorsement_id(ca: &CaChain, vek: &EndorsementKey) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update((ca.intermediate.der().len() as u64).to_le_bytes());
+    h.update(ca.intermediate.der());
+    h.update(vek.cert.der());
+    h.finalize().into()
 }
 
 impl Verifier {
@@ -50,7 +77,10 @@ impl Verifier {
                 chains.push(CaChain::pinned(processor, role)?);
             }
         }
-        Ok(Self { chains })
+        Ok(Self {
+            chains,
+            endorsed: Mutex::new(Vec::new()),
+        })
     }
 
     /// Uses a CA chain handed in with the evidence (ASK or ASVK, then ARK, PEM) in
@@ -102,7 +132,23 @@ impl Verifier {
             .ok_or(VerifyError::UnknownProcessor {
                 found: format!("no {} chain for {processor}", vek.role),
             })?;
-        extract::authenticate(report, vek, ca, now)
+        let id = endorsement_id(ca, vek);
+        let known = self.endorsed.lock().is_ok_and(|cache| cache.contains(&id));
+        let signature = if known {
+            extract::ChainSignature::AlreadyVerified
+        } else {
+            extract::ChainSignature::Check
+        };
+        let authentic = extract::authenticate(report, vek, ca, now, signature)?;
+        if !known {
+            if let Ok(mut cache) = self.endorsed.lock() {
+                if cache.len() >= ENDORSED_CACHE {
+                    cache.remove(0);
+                }
+                cache.push(id);
+            }
+        }
+        Ok(authentic)
     }
 }
 
