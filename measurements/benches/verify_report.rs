@@ -42,7 +42,9 @@ fn main() {
         ..Policy::default()
     };
 
-    // Cached: the pinned CA chains were checked once, when the verifier was built.
+    // Cached: the pinned CA chains were checked when the verifier was built, and the
+    // ASK's signature on this VCEK in the first (dropped) round; everything else,
+    // including VCEK decoding, dates and the report signature, runs every round.
     let verifier = Verifier::pinned().unwrap();
     let mut ours_cached = || {
         let vek = EndorsementKey::parse(black_box(&vcek_der)).unwrap();
