@@ -316,91 +316,59 @@ fn weighted_sum_impl(weights: &[f32], values: HeadRows<'_>, out: &mut [f32]) {
 }
 
 /// `[d, m, 0, 0]` (or `[d, x, 0, 0]` for Q8_0, whose second half is data) from the
-/// first four bytes of a block.
+/// first four bytes of the block at `$block` (a `*const u8` with 4 readable bytes; the
+/// caller's `unsafe` block vouches for that). A macro so the per-block helpers are
+/// expanded in the calling `#[target_feature]` function (see [`fold_alternating`]).
+macro_rules! block_head {
+    ($block:expr) => {
+        _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(
+            $block.cast::<i32>(),
+        )))
+    };
+}
+
+/// `sum(u8 * i8)` of 32 byte pairs as eight f32 lanes (pairs added in i16, which
+/// cannot overflow for 4-bit or 7-bit magnitudes times `i8`). A macro for the same
+/// reason as [`block_head`].
+macro_rules! dot_u8_i8 {
+    ($unsigned:expr, $signed:expr) => {{
+        let pairs = _mm256_maddubs_epi16($unsigned, $signed);
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    }};
+}
+
+/// Folds a block step over blocks `0..$blocks` into two accumulators, even blocks into
+/// the first and odd ones into the second, so consecutive blocks' FMA chains overlap;
+/// evaluates to `(even, odd)`. Written as `fold_alternating!(blocks, zero, |b, acc| body)`.
 ///
-/// # Safety
-/// `block` must point to at least 4 readable bytes.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block_head(block: *const u8) -> __m128 {
-    // SAFETY: the caller guarantees 4 readable bytes; read_unaligned has no alignment need.
-    let bits = unsafe { std::ptr::read_unaligned(block.cast::<i32>()) };
-    _mm_cvtph_ps(_mm_cvtsi32_si128(bits))
-}
-
-/// Folds `step` over blocks `0..blocks` into two accumulators, even blocks into the
-/// first and odd ones into the second, so consecutive blocks' FMA chains overlap.
-#[inline(always)]
-fn fold_alternating<A: Copy>(
-    blocks: usize,
-    zero: A,
-    mut step: impl FnMut(usize, A) -> A,
-) -> (A, A) {
-    let (mut even, mut odd) = (zero, zero);
-    let mut b = 0;
-    while b + 2 <= blocks {
-        even = step(b, even);
-        odd = step(b + 1, odd);
-        b += 2;
-    }
-    if b < blocks {
-        even = step(b, even);
-    }
-    (even, odd)
-}
-
-/// Constants for unpacking Q4_1 nibbles in the [`permute_q4_1`] order.
-#[derive(Clone, Copy)]
-struct NibbleUnpack {
-    mask: __m256i,
-    high_half: __m256i,
-}
-
-impl NibbleUnpack {
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn new() -> Self {
-        Self {
-            mask: _mm256_set1_epi32(0x0F),
-            high_half: _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4),
+/// A macro, not a generic function taking a closure: the body must be expanded inside
+/// the calling `#[target_feature]` function. LLVM does not inline a closure carrying the
+/// caller's target features into a helper without them, and in dev builds (which run
+/// `cargo xtask bench`) that left a call and stack spills per block, three times slower.
+macro_rules! fold_alternating {
+    ($blocks:expr, $zero:expr, |$b:ident, $acc:pat_param| $body:expr) => {{
+        let blocks: usize = $blocks;
+        let (mut even, mut odd) = ($zero, $zero);
+        let mut next = 0;
+        while next + 2 <= blocks {
+            even = {
+                let ($b, $acc) = (next, even);
+                $body
+            };
+            odd = {
+                let ($b, $acc) = (next + 1, odd);
+                $body
+            };
+            next += 2;
         }
-    }
-
-    /// One block's `acc + d * sum(q * x)` and `acc_m + [d, m, 0, 0] * sums`.
-    ///
-    /// # Safety
-    /// `block` points to 20 readable bytes, `x` to 32 floats, `sums` to 4 floats.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn block(
-        self,
-        block: *const u8,
-        x: *const f32,
-        sums: *const f32,
-        acc: __m256,
-        acc_m: __m128,
-    ) -> (__m256, __m128) {
-        // SAFETY: the caller guarantees the three ranges are readable.
-        unsafe {
-            let dm = block_head(block);
-            let packed = _mm256_broadcastsi128_si256(_mm_loadu_si128(block.add(4).cast()));
-            let q = _mm256_srlv_epi32(packed, self.high_half);
-            let v0 = _mm256_cvtepi32_ps(_mm256_and_si256(q, self.mask));
-            let v1 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32::<8>(q), self.mask));
-            let v2 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32::<16>(q), self.mask));
-            let v3 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32::<24>(q), self.mask));
-            let s01 = _mm256_fmadd_ps(
-                v1,
-                _mm256_loadu_ps(x.add(8)),
-                _mm256_mul_ps(v0, _mm256_loadu_ps(x)),
-            );
-            let s23 = _mm256_fmadd_ps(
-                v3,
-                _mm256_loadu_ps(x.add(24)),
-                _mm256_mul_ps(v2, _mm256_loadu_ps(x.add(16))),
-            );
-            let acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dm), _mm256_add_ps(s01, s23), acc);
-            (acc, _mm_fmadd_ps(dm, _mm_loadu_ps(sums), acc_m))
+        if next < blocks {
+            even = {
+                let ($b, $acc) = (next, even);
+                $body
+            };
         }
-    }
+        (even, odd)
+    }};
 }
 
 /// Q4_1 row times an input permuted by [`permute_q4_1`], two blocks per iteration
@@ -413,15 +381,35 @@ impl NibbleUnpack {
 unsafe fn q4_1_row_dot(row: &[u8], xp: &[f32], block_sums: &[f32]) -> f32 {
     let blocks = row.len() / Q4_1_BYTES;
     debug_assert!(xp.len() >= blocks * BLOCK && block_sums.len() >= blocks * 4);
-    let unpack = NibbleUnpack::new();
+    let mask = _mm256_set1_epi32(0x0F);
+    let high_half = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
     let (pr, px, ps) = (row.as_ptr(), xp.as_ptr(), block_sums.as_ptr());
     let zero = (_mm256_setzero_ps(), _mm_setzero_ps());
-    let ((acc0, m0), (acc1, m1)) = fold_alternating(blocks, zero, |b, (acc, m)| {
-        // SAFETY: `b < blocks`, so the block's bytes, inputs and sums are in bounds by
-        // the function's contract.
+    let ((acc0, m0), (acc1, m1)) = fold_alternating!(blocks, zero, |b, (acc, m)| {
+        // SAFETY: `b < blocks`, so the block's 20 bytes at `20b`, its 32 inputs at `32b`
+        // and 4 sums at `4b` are in bounds by the function's contract.
         unsafe {
             let block = pr.add(b * Q4_1_BYTES);
-            unpack.block(block, px.add(b * BLOCK), ps.add(b * 4), acc, m)
+            let x = px.add(b * BLOCK);
+            let dm = block_head!(block);
+            let packed = _mm256_broadcastsi128_si256(_mm_loadu_si128(block.add(4).cast()));
+            let q = _mm256_srlv_epi32(packed, high_half);
+            let v0 = _mm256_cvtepi32_ps(_mm256_and_si256(q, mask));
+            let v1 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32::<8>(q), mask));
+            let v2 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32::<16>(q), mask));
+            let v3 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32::<24>(q), mask));
+            let s01 = _mm256_fmadd_ps(
+                v1,
+                _mm256_loadu_ps(x.add(8)),
+                _mm256_mul_ps(v0, _mm256_loadu_ps(x)),
+            );
+            let s23 = _mm256_fmadd_ps(
+                v3,
+                _mm256_loadu_ps(x.add(24)),
+                _mm256_mul_ps(v2, _mm256_loadu_ps(x.add(16))),
+            );
+            let acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dm), _mm256_add_ps(s01, s23), acc);
+            (acc, _mm_fmadd_ps(dm, _mm_loadu_ps(ps.add(b * 4)), m))
         }
     });
     hsum(_mm256_add_ps(acc0, acc1)) + hsum128(_mm_add_ps(m0, m1))
@@ -436,45 +424,24 @@ unsafe fn q8_0_row_dot(row: &[u8], x: &[f32]) -> f32 {
     let blocks = row.len() / Q8_0_BYTES;
     debug_assert!(x.len() >= blocks * BLOCK);
     let (pr, px) = (row.as_ptr(), x.as_ptr());
-    let (acc0, acc1) = fold_alternating(blocks, _mm256_setzero_ps(), |b, acc| {
-        // SAFETY: `b < blocks`: the block's bytes and inputs are in bounds by the
-        // function's contract.
-        unsafe { q8_0_block(pr.add(b * Q8_0_BYTES), px.add(b * BLOCK), acc) }
+    let (acc0, acc1) = fold_alternating!(blocks, _mm256_setzero_ps(), |b, acc| {
+        // SAFETY: `b < blocks`: the block's 34 bytes at `34b` (the head read takes 4, the
+        // quant loads 8 at offsets 2, 10, 18, 26) and its 32 inputs at `32b` are in
+        // bounds by the function's contract.
+        unsafe {
+            let block = pr.add(b * Q8_0_BYTES);
+            let x = px.add(b * BLOCK);
+            let d = _mm256_broadcastss_ps(block_head!(block));
+            let mut s = _mm256_setzero_ps();
+            for i in 0..4 {
+                let bytes = _mm_loadl_epi64(block.add(2 + 8 * i).cast());
+                let q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+                s = _mm256_fmadd_ps(q, _mm256_loadu_ps(x.add(8 * i)), s);
+            }
+            _mm256_fmadd_ps(d, s, acc)
+        }
     });
     hsum(_mm256_add_ps(acc0, acc1))
-}
-
-/// One Q8_0 block's `acc + d * sum(q * x)`.
-///
-/// # Safety
-/// `block` points to 34 readable bytes and `x` to 32 floats.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn q8_0_block(block: *const u8, x: *const f32, acc: __m256) -> __m256 {
-    // SAFETY: the head read takes the block's first 4 bytes, the quant loads 8 bytes at
-    // offsets 2, 10, 18, 26 (all within 34), the input loads 8 floats at 0, 8, 16, 24.
-    unsafe {
-        let d = _mm256_broadcastss_ps(block_head(block));
-        let mut parts = [_mm256_setzero_ps(); 4];
-        for (i, part) in parts.iter_mut().enumerate() {
-            let bytes = _mm_loadl_epi64(block.add(2 + 8 * i).cast());
-            let q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
-            *part = _mm256_mul_ps(q, _mm256_loadu_ps(x.add(8 * i)));
-        }
-        let s = _mm256_add_ps(
-            _mm256_add_ps(parts[0], parts[1]),
-            _mm256_add_ps(parts[2], parts[3]),
-        );
-        _mm256_fmadd_ps(d, s, acc)
-    }
-}
-
-/// `sum(u8 * i8)` of 32 byte pairs as eight f32 lanes (pairs added in i16, which
-/// cannot overflow for 4-bit or 7-bit magnitudes times `i8`).
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_u8_i8(unsigned: __m256i, signed: __m256i) -> __m256 {
-    let pairs = _mm256_maddubs_epi16(unsigned, signed);
-    _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
 }
 
 /// Q4_1 row times a Q8_1-quantized input (GGML's `vec_dot_q4_1_q8_1`).
@@ -489,16 +456,16 @@ unsafe fn q4_1_q8_row_dot(row: &[u8], qx: &[i8], ds: &[f32]) -> f32 {
     let high_half = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
     let (pr, px, ps) = (row.as_ptr(), qx.as_ptr(), ds.as_ptr());
     let zero = (_mm256_setzero_ps(), _mm_setzero_ps());
-    let ((acc0, m0), (acc1, m1)) = fold_alternating(blocks, zero, |b, (acc, m)| {
+    let ((acc0, m0), (acc1, m1)) = fold_alternating!(blocks, zero, |b, (acc, m)| {
         // SAFETY: `b < blocks`: 20 weight bytes at `20b`, 32 quants at `32b` and 4 scale
         // floats at `4b` are in bounds by the function's contract.
         unsafe {
             let block = pr.add(b * Q4_1_BYTES);
             // [d_w * d_x, m_w * s_x, 0, 0]
-            let scales = _mm_mul_ps(block_head(block), _mm_loadu_ps(ps.add(b * 4)));
+            let scales = _mm_mul_ps(block_head!(block), _mm_loadu_ps(ps.add(b * 4)));
             let packed = _mm256_broadcastsi128_si256(_mm_loadu_si128(block.add(4).cast()));
             let qw = _mm256_and_si256(_mm256_srlv_epi32(packed, high_half), mask);
-            let xy = dot_u8_i8(qw, _mm256_loadu_si256(px.add(b * BLOCK).cast()));
+            let xy = dot_u8_i8!(qw, _mm256_loadu_si256(px.add(b * BLOCK).cast()));
             let acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(scales), xy, acc);
             (acc, _mm_add_ps(m, scales))
         }
@@ -517,16 +484,16 @@ unsafe fn q8_0_q8_row_dot(row: &[u8], qx: &[i8], ds: &[f32]) -> f32 {
     let blocks = row.len() / Q8_0_BYTES;
     debug_assert!(qx.len() >= blocks * BLOCK && ds.len() >= blocks * 4);
     let (pr, px, ps) = (row.as_ptr(), qx.as_ptr(), ds.as_ptr());
-    let (acc0, acc1) = fold_alternating(blocks, _mm256_setzero_ps(), |b, acc| {
+    let (acc0, acc1) = fold_alternating!(blocks, _mm256_setzero_ps(), |b, acc| {
         // SAFETY: `b < blocks`: 34 weight bytes at `34b` (head read 4, quants 32 at +2),
         // 32 quants at `32b` and the scale at `4b` are in bounds by the contract.
         unsafe {
             let block = pr.add(b * Q8_0_BYTES);
-            let scale = _mm_mul_ss(block_head(block), _mm_load_ss(ps.add(b * 4)));
+            let scale = _mm_mul_ss(block_head!(block), _mm_load_ss(ps.add(b * 4)));
             let qw = _mm256_loadu_si256(block.add(2).cast());
             let qxv = _mm256_loadu_si256(px.add(b * BLOCK).cast());
             // maddubs needs one unsigned side: |w| against x carrying w's sign.
-            let xy = dot_u8_i8(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qxv, qw));
+            let xy = dot_u8_i8!(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qxv, qw));
             _mm256_fmadd_ps(_mm256_broadcastss_ps(scale), xy, acc)
         }
     });
@@ -592,7 +559,7 @@ unsafe fn dequantize_q4_1_row(row: &[u8], out: &mut [f32]) {
         // SAFETY: block `b` spans bytes `20b .. 20b + 20`; outputs `32b .. 32b + 32`.
         unsafe {
             let block = row.as_ptr().add(b * Q4_1_BYTES);
-            let dm = block_head(block);
+            let dm = block_head!(block);
             let (d, m) = (
                 _mm256_broadcastss_ps(dm),
                 _mm256_set1_ps(_mm_cvtss_f32(_mm_movehdup_ps(dm))),
