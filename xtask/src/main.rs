@@ -3,6 +3,7 @@
 //! Each subcommand lives in its own module; this file only parses and dispatches.
 //! xtask may depend on any crate of the workspace.
 
+mod bench;
 mod billing_demo;
 mod ci;
 mod demo;
@@ -21,6 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Benchmarks: `bench cpu` times our CPU engine against llama.cpp on the real model.
+    Bench(bench::Args),
     /// Run every check CI runs: rustfmt, clippy with warnings as errors, all tests.
     Ci(ci::Args),
     /// End-to-end confidential chat on this machine (the README's main command).
@@ -37,6 +40,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Bench(args) => bench::run(args),
         Command::Ci(args) => ci::run(args),
         Command::Demo(args) => demo::run(args),
         Command::BuildImage(args) => image::run_build(args),
