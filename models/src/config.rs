@@ -91,7 +91,11 @@ impl LlamaConfig {
             ("num_key_value_heads", self.num_key_value_heads, MAX_DIM),
             ("head_dim", self.head_dim, MAX_DIM),
             ("vocab_size", self.vocab_size, MAX_VOCAB),
-            ("max_position_embeddings", self.max_position_embeddings, MAX_CONTEXT),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                MAX_CONTEXT,
+            ),
         ];
         for (field, value, max) in bounded {
             if value == 0 || value > max {

@@ -222,8 +222,8 @@ impl ModelDir {
         let mut take = |name: &str| files.remove(name).unwrap_or_default();
         let config = LlamaConfig::from_json(&take(CONFIG_FILE))?;
         let tokenizer = Tokenizer::from_json(&take(TOKENIZER_FILE))?;
-        let chat_template =
-            String::from_utf8(take(CHAT_TEMPLATE_FILE)).map_err(|_| ModelError::TemplateEncoding)?;
+        let chat_template = String::from_utf8(take(CHAT_TEMPLATE_FILE))
+            .map_err(|_| ModelError::TemplateEncoding)?;
         let weights = take(WEIGHTS_FILE);
         let tensors = index_tensors(&weights)?;
         let dir = Self {
@@ -336,9 +336,11 @@ impl ModelDir {
     }
 
     fn entry(&self, name: &str) -> Result<&TensorEntry, ModelError> {
-        self.tensors.get(name).ok_or_else(|| ModelError::MissingTensor {
-            name: name.to_owned(),
-        })
+        self.tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_owned(),
+            })
     }
 
     fn bytes(&self, entry: &TensorEntry) -> &[u8] {
@@ -395,13 +397,16 @@ fn verified_root(
     files: &BTreeMap<String, Vec<u8>>,
     expected_root: Option<Hash>,
 ) -> Result<Hash, ModelError> {
-    let found = merkle::model_root(
-        manifest
-            .files
-            .iter()
-            .map(|entry| (entry.path.as_str(), files.get(&entry.path).map_or(&[][..], Vec::as_slice))),
-    );
-    let claims = [(Some(manifest.root_bytes()?), "manifest.json"), (expected_root, "expected by the caller")];
+    let found = merkle::model_root(manifest.files.iter().map(|entry| {
+        (
+            entry.path.as_str(),
+            files.get(&entry.path).map_or(&[][..], Vec::as_slice),
+        )
+    }));
+    let claims = [
+        (Some(manifest.root_bytes()?), "manifest.json"),
+        (expected_root, "expected by the caller"),
+    ];
     for (claim, source_of_expected) in claims {
         if let Some(expected) = claim {
             if expected != found {
@@ -472,9 +477,13 @@ fn block_layout(
         }
     };
     let shape_text = extra.get(&format!("shape.{name}")).map(String::as_str);
-    let (rows, cols) = shape_text
-        .and_then(parse_rows_cols)
-        .ok_or_else(|| tensor_error(name, "metadata shape.NAME of \"ROWS,COLS\"", format!("{shape_text:?}")))?;
+    let (rows, cols) = shape_text.and_then(parse_rows_cols).ok_or_else(|| {
+        tensor_error(
+            name,
+            "metadata shape.NAME of \"ROWS,COLS\"",
+            format!("{shape_text:?}"),
+        )
+    })?;
     let row_bytes = format.row_bytes(cols)?;
     if stored != [rows, row_bytes] {
         return Err(tensor_error(

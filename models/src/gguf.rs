@@ -111,7 +111,9 @@ pub enum GgufError {
         reason: String,
     },
     /// An alignment that is not a power of two up to 1 MiB.
-    #[error("gguf: general.alignment: expected a power of two up to {MAX_ALIGNMENT}, found {found}")]
+    #[error(
+        "gguf: general.alignment: expected a power of two up to {MAX_ALIGNMENT}, found {found}"
+    )]
     Alignment {
         /// The value in the file.
         found: u64,
@@ -507,7 +509,8 @@ fn alignment_of(metadata: &BTreeMap<String, Value>) -> Result<u64, GgufError> {
 }
 
 fn align_up(pos: u64, alignment: u64) -> Option<u64> {
-    pos.checked_add(alignment - 1).map(|p| p / alignment * alignment)
+    pos.checked_add(alignment - 1)
+        .map(|p| p / alignment * alignment)
 }
 
 /// A tensor info as read, before its offset is checked against the data section.
@@ -543,7 +546,10 @@ fn place_tensors(
             )));
         }
         let available = (file_len - data_start) as u64;
-        let fits = t.offset.checked_add(len).is_some_and(|end| end <= available);
+        let fits = t
+            .offset
+            .checked_add(len)
+            .is_some_and(|end| end <= available);
         if !fits {
             return Err(bad(format!(
                 "data at {}..+{len} of the data section, which holds {available} bytes",
@@ -573,7 +579,9 @@ fn tensor_len(dims: &[u64], ggml_type: GgmlType) -> Result<u64, String> {
     }
     dims.iter()
         .skip(1)
-        .try_fold(first / block_len * block_bytes, |acc, &d| acc.checked_mul(d))
+        .try_fold(first / block_len * block_bytes, |acc, &d| {
+            acc.checked_mul(d)
+        })
         .ok_or_else(|| format!("dimensions {dims:?} overflow"))
 }
 
@@ -702,8 +710,17 @@ impl Reader<'_> {
             4 => scalars!(U32, u32),
             5 => scalars!(I32, i32),
             6 => scalars!(F32, f32),
-            7 => Array::Bool(self.take("array elements", count)?.iter().map(|&b| b != 0).collect()),
-            8 => Array::String((0..n).map(|_| self.string("array string")).collect::<Result<_, _>>()?),
+            7 => Array::Bool(
+                self.take("array elements", count)?
+                    .iter()
+                    .map(|&b| b != 0)
+                    .collect(),
+            ),
+            8 => Array::String(
+                (0..n)
+                    .map(|_| self.string("array string"))
+                    .collect::<Result<_, _>>()?,
+            ),
             10 => scalars!(U64, u64),
             11 => scalars!(I64, i64),
             12 => scalars!(F64, f64),
@@ -903,14 +920,20 @@ mod tests {
             ("u64", Value::U64(u64::MAX)),
             ("i64", Value::I64(i64::MIN)),
             ("f64", Value::F64(-2.25)),
-            ("a.str", Value::Array(Array::String(vec!["a".into(), "".into()]))),
+            (
+                "a.str",
+                Value::Array(Array::String(vec!["a".into(), "".into()])),
+            ),
             ("a.i32", Value::Array(Array::I32(vec![1, -2, 3]))),
             ("a.f64", Value::Array(Array::F64(vec![0.5]))),
             ("a.bool", Value::Array(Array::Bool(vec![true, false]))),
             ("a.u8", Value::Array(Array::U8(vec![]))),
             (
                 "a.nested",
-                Value::Array(Array::Array(vec![Array::U16(vec![1, 2]), Array::I64(vec![-1])])),
+                Value::Array(Array::Array(vec![
+                    Array::U16(vec![1, 2]),
+                    Array::I64(vec![-1]),
+                ])),
             ),
         ]
     }
@@ -921,8 +944,18 @@ mod tests {
         encode(
             &every_value_type(),
             &[
-                Tensor { name: "w", dims: vec![32, 2], ggml_type: GgmlType::Q4_1, data: &q },
-                Tensor { name: "n", dims: vec![3], ggml_type: GgmlType::F32, data: &f },
+                Tensor {
+                    name: "w",
+                    dims: vec![32, 2],
+                    ggml_type: GgmlType::Q4_1,
+                    data: &q,
+                },
+                Tensor {
+                    name: "n",
+                    dims: vec![3],
+                    ggml_type: GgmlType::F32,
+                    data: &f,
+                },
             ],
         )
     }
@@ -936,7 +969,10 @@ mod tests {
             assert_eq!(g.get(key), Some(&value), "{key}");
         }
         let w = g.tensor("w").expect("w");
-        assert_eq!((w.ggml_type, w.rows_cols(), w.len), (GgmlType::Q4_1, (2, 32), 40));
+        assert_eq!(
+            (w.ggml_type, w.rows_cols(), w.len),
+            (GgmlType::Q4_1, (2, 32), 40)
+        );
         assert_eq!(g.tensor_bytes(w), &[7u8; 40]);
         let n = g.tensor("n").expect("n");
         assert_eq!(n.start % 32, 0);
@@ -949,14 +985,20 @@ mod tests {
         bytes[4] = 2;
         assert_eq!(Gguf::parse(&bytes).expect("v2").version, 2);
         bytes[4] = 1;
-        assert_eq!(Gguf::parse(&bytes).unwrap_err(), GgufError::Version { found: 1 });
+        assert_eq!(
+            Gguf::parse(&bytes).unwrap_err(),
+            GgufError::Version { found: 1 }
+        );
     }
 
     #[test]
     fn every_truncation_is_an_error() {
         let bytes = sample();
         for len in 0..bytes.len() {
-            assert!(Gguf::parse(&bytes[..len]).is_err(), "prefix of {len} bytes parsed");
+            assert!(
+                Gguf::parse(&bytes[..len]).is_err(),
+                "prefix of {len} bytes parsed"
+            );
         }
     }
 
@@ -975,9 +1017,17 @@ mod tests {
     #[test]
     fn misplaced_tensors_and_bad_alignment_are_named() {
         let data = [0u8; 20];
-        let t = |dims: Vec<u64>| Tensor { name: "x", dims, ggml_type: GgmlType::Q4_1, data: &data };
+        let t = |dims: Vec<u64>| Tensor {
+            name: "x",
+            dims,
+            ggml_type: GgmlType::Q4_1,
+            data: &data,
+        };
         let err = Gguf::parse(&encode(&[], &[t(vec![33])])).unwrap_err();
-        assert!(err.to_string().contains("multiple of Q4_1's block of 32"), "{err}");
+        assert!(
+            err.to_string().contains("multiple of Q4_1's block of 32"),
+            "{err}"
+        );
         let err = Gguf::parse(&encode(&[], &[t(vec![32, 2])])).unwrap_err();
         assert!(err.to_string().contains("data section"), "{err}");
         let err = Gguf::parse(&encode(&[], &[t(vec![32, u64::MAX])])).unwrap_err();
@@ -985,9 +1035,15 @@ mod tests {
         let err = Gguf::parse(&encode(&[("general.alignment", Value::U32(3))], &[])).unwrap_err();
         assert_eq!(err, GgufError::Alignment { found: 3 });
         let twice = encode(&[], &[t(vec![32]), t(vec![32])]);
-        assert!(matches!(Gguf::parse(&twice), Err(GgufError::DuplicateTensor { .. })));
+        assert!(matches!(
+            Gguf::parse(&twice),
+            Err(GgufError::DuplicateTensor { .. })
+        ));
         let keys = encode(&[("k", Value::U8(1)), ("k", Value::U8(2))], &[]);
-        assert!(matches!(Gguf::parse(&keys), Err(GgufError::DuplicateKey { .. })));
+        assert!(matches!(
+            Gguf::parse(&keys),
+            Err(GgufError::DuplicateKey { .. })
+        ));
     }
 
     #[test]
@@ -997,7 +1053,10 @@ mod tests {
             a = Array::Array(vec![a]);
         }
         let bytes = encode(&[("deep", Value::Array(a))], &[]);
-        assert!(matches!(Gguf::parse(&bytes), Err(GgufError::Nesting { .. })));
+        assert!(matches!(
+            Gguf::parse(&bytes),
+            Err(GgufError::Nesting { .. })
+        ));
     }
 
     proptest! {

@@ -59,7 +59,8 @@ pub fn import_gguf(
     check_llama_tensors(&gguf, &config)?;
     let weights = safetensors_bytes(&gguf, progress)?;
     let template = gguf.require_str("tokenizer.chat_template")?.to_owned();
-    let config_json = serde_json::to_string_pretty(&config).map_err(|e| import_error(e.to_string()))?;
+    let config_json =
+        serde_json::to_string_pretty(&config).map_err(|e| import_error(e.to_string()))?;
     let tokenizer_json = tokenizer.to_json()?;
     let files: [(&str, &[u8]); 4] = [
         (CHAT_TEMPLATE_FILE, template.as_bytes()),
@@ -67,9 +68,17 @@ pub fn import_gguf(
         (TOKENIZER_FILE, tokenizer_json.as_bytes()),
         (WEIGHTS_FILE, &weights),
     ];
-    progress(Progress { stage: "hashing", done: 0, total: 1 });
+    progress(Progress {
+        stage: "hashing",
+        done: 0,
+        total: 1,
+    });
     let manifest = Manifest::build(name, &files);
-    progress(Progress { stage: "hashing", done: 1, total: 1 });
+    progress(Progress {
+        stage: "hashing",
+        done: 1,
+        total: 1,
+    });
     write_files(out_dir, &files, &manifest, progress)?;
     Ok(manifest)
 }
@@ -104,7 +113,11 @@ fn write_files(
         let mut file = std::fs::File::create(&path).map_err(io)?;
         file.write_all(bytes).map_err(io)?;
         file.sync_all().map_err(io)?;
-        progress(Progress { stage: "writing", done, total });
+        progress(Progress {
+            stage: "writing",
+            done,
+            total,
+        });
     }
     Ok(())
 }
@@ -123,7 +136,8 @@ pub fn llama_config(gguf: &Gguf<'_>) -> Result<LlamaConfig, ModelError> {
     };
     let hidden_size = int("embedding_length")?;
     let num_attention_heads = int("attention.head_count")?;
-    let num_key_value_heads = int("attention.head_count_kv").or_else(|_| int("attention.head_count"))?;
+    let num_key_value_heads =
+        int("attention.head_count_kv").or_else(|_| int("attention.head_count"))?;
     let head_dim = int("attention.key_length")
         .or_else(|_| int("rope.dimension_count"))
         .unwrap_or(hidden_size / num_attention_heads.max(1));
@@ -204,7 +218,13 @@ fn stop_tokens(tokenizer: &Tokenizer, eos: u32) -> Vec<u32> {
 /// Checks that every tensor the Llama forward pass reads is present with the shape the
 /// config implies, so a bad file fails at import rather than at the first token.
 fn check_llama_tensors(gguf: &Gguf<'_>, c: &LlamaConfig) -> Result<(), ModelError> {
-    let (h, ff, q, kv, vocab) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim(), c.vocab_size);
+    let (h, ff, q, kv, vocab) = (
+        c.hidden_size,
+        c.intermediate_size,
+        c.q_dim(),
+        c.kv_dim(),
+        c.vocab_size,
+    );
     let mut expected: Vec<(String, Vec<usize>)> = vec![
         ("token_embd.weight".into(), vec![vocab, h]),
         ("output_norm.weight".into(), vec![h]),
@@ -224,12 +244,16 @@ fn check_llama_tensors(gguf: &Gguf<'_>, c: &LlamaConfig) -> Result<(), ModelErro
             ("ffn_up", vec![ff, h]),
             ("ffn_down", vec![h, ff]),
         ];
-        expected.extend(per_layer.into_iter().map(|(n, s)| (format!("blk.{i}.{n}.weight"), s)));
+        expected.extend(
+            per_layer
+                .into_iter()
+                .map(|(n, s)| (format!("blk.{i}.{n}.weight"), s)),
+        );
     }
     for (name, shape) in expected {
-        let tensor = gguf.tensor(&name).ok_or_else(|| ModelError::MissingTensor {
-            name: name.clone(),
-        })?;
+        let tensor = gguf
+            .tensor(&name)
+            .ok_or_else(|| ModelError::MissingTensor { name: name.clone() })?;
         let found = logical_shape(tensor);
         if found != shape {
             return Err(ModelError::Tensor {
@@ -257,13 +281,20 @@ struct Converted<'a> {
 }
 
 /// Serializes every tensor of the GGUF file, with the block-layout metadata.
-fn safetensors_bytes(gguf: &Gguf<'_>, progress: &mut dyn FnMut(Progress)) -> Result<Vec<u8>, ModelError> {
+fn safetensors_bytes(
+    gguf: &Gguf<'_>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<u8>, ModelError> {
     let total = gguf.tensors.len() as u64;
     let mut metadata = HashMap::new();
     let mut converted = Vec::with_capacity(gguf.tensors.len());
     for (done, tensor) in (1u64..).zip(&gguf.tensors) {
         converted.push(convert(gguf, tensor, &mut metadata)?);
-        progress(Progress { stage: "converting", done, total });
+        progress(Progress {
+            stage: "converting",
+            done,
+            total,
+        });
     }
     let views = converted
         .iter()
@@ -311,13 +342,22 @@ fn convert<'a>(
             })
         }
     };
-    Ok(Converted { name, dtype, shape, data })
+    Ok(Converted {
+        name,
+        dtype,
+        shape,
+        data,
+    })
 }
 
 /// Widens little-endian f16 values to little-endian f32, exactly.
 fn f16_to_f32_bytes(bytes: &[u8]) -> Vec<u8> {
     bytes
         .chunks_exact(2)
-        .flat_map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32().to_le_bytes())
+        .flat_map(|b| {
+            half::f16::from_le_bytes([b[0], b[1]])
+                .to_f32()
+                .to_le_bytes()
+        })
         .collect()
 }

@@ -114,7 +114,13 @@ mod tests {
 
     #[test]
     fn leaf_follows_the_written_definition() {
-        let expected = sha(&[&[0], &3u32.to_le_bytes(), b"a.b", &7u64.to_le_bytes(), b"xyz"]);
+        let expected = sha(&[
+            &[0],
+            &3u32.to_le_bytes(),
+            b"a.b",
+            &7u64.to_le_bytes(),
+            b"xyz",
+        ]);
         assert_eq!(leaf_hash("a.b", 7, b"xyz"), expected);
     }
 
@@ -127,7 +133,11 @@ mod tests {
             "5bcd9627fe8e9b5f36ce870e9a4ed9437d0c3cea46e94b3a69bd84392cad1a47"
         );
         // Three files, given out of order: node(node(leaf a.json, leaf b.bin), leaf c).
-        let three = model_root([("c", &b"xyz"[..]), ("a.json", &b"{}"[..]), ("b.bin", &b""[..])]);
+        let three = model_root([
+            ("c", &b"xyz"[..]),
+            ("a.json", &b"{}"[..]),
+            ("b.bin", &b""[..]),
+        ]);
         assert_eq!(
             hex::encode(three),
             "fdf4b1c592b0a1dd61e0b200c2835ef36539e4e2832b1636e6a713aabb1fa521"
@@ -168,7 +178,11 @@ mod tests {
             assert_ne!(model_root([("w", &changed[..])]), base, "byte {pos}");
         }
         assert_ne!(model_root([("v", &data[..])]), base, "renamed file");
-        assert_ne!(model_root([("w", &data[..data.len() - 1])]), base, "truncated");
+        assert_ne!(
+            model_root([("w", &data[..data.len() - 1])]),
+            base,
+            "truncated"
+        );
     }
 
     #[test]

@@ -59,7 +59,9 @@ pub fn build_from_gguf(vocab: &GgufVocab) -> Result<tokenizers::Tokenizer, Model
     let mut ids = Vocab::with_capacity(vocab.tokens.len());
     for (id, token) in (0u32..).zip(&vocab.tokens) {
         if ids.insert(token.clone(), id).is_some() {
-            return Err(fail(format!("tokenizer.ggml.tokens: token {token:?} appears twice")));
+            return Err(fail(format!(
+                "tokenizer.ggml.tokens: token {token:?} appears twice"
+            )));
         }
     }
     let merges = vocab
@@ -69,7 +71,11 @@ pub fn build_from_gguf(vocab: &GgufVocab) -> Result<tokenizers::Tokenizer, Model
             merge
                 .split_once(' ')
                 .map(|(l, r)| (l.to_owned(), r.to_owned()))
-                .ok_or_else(|| fail(format!("tokenizer.ggml.merges: expected \"left right\", found {merge:?}")))
+                .ok_or_else(|| {
+                    fail(format!(
+                        "tokenizer.ggml.merges: expected \"left right\", found {merge:?}"
+                    ))
+                })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let bpe = BPE::builder()
@@ -150,9 +156,11 @@ impl Tokenizer {
 
     /// Serializes to `tokenizer.json` text.
     pub fn to_json(&self) -> Result<String, ModelError> {
-        self.inner.to_string(true).map_err(|e| ModelError::Tokenizer {
-            reason: format!("serializing: {e}"),
-        })
+        self.inner
+            .to_string(true)
+            .map_err(|e| ModelError::Tokenizer {
+                reason: format!("serializing: {e}"),
+            })
     }
 
     /// Token ids of `text`. Special tokens written in the text (`<|im_start|>`) become
@@ -219,7 +227,10 @@ mod tests {
         // "12" splits into single digits before BPE, so "Ġ1" cannot form across " 12";
         // with smollm's digit rule, the space stands alone.
         assert_eq!(t.encode("ab<|end|>ab 12").unwrap(), vec![6, 0, 6, 3, 4, 5]);
-        assert_eq!(t.decode(&[6, 0, 6, 3, 4, 5], false).unwrap(), "ab<|end|>ab 12");
+        assert_eq!(
+            t.decode(&[6, 0, 6, 3, 4, 5], false).unwrap(),
+            "ab<|end|>ab 12"
+        );
         assert_eq!(t.decode(&[6, 0, 6], true).unwrap(), "abab");
         assert_eq!(t.token_id("<|end|>"), Some(0));
     }
@@ -236,25 +247,43 @@ mod tests {
     fn refuses_unknown_models_and_malformed_metadata() {
         let mut v = tiny();
         v.model = "llama".into();
-        assert!(build_from_gguf(&v).unwrap_err().to_string().contains("\"gpt2\""));
+        assert!(build_from_gguf(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("\"gpt2\""));
         let mut v = tiny();
         v.pre = "qwen2".into();
-        assert!(build_from_gguf(&v).unwrap_err().to_string().contains("qwen2"));
+        assert!(build_from_gguf(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("qwen2"));
         let mut v = tiny();
         v.merges.push("nospace".into());
-        assert!(build_from_gguf(&v).unwrap_err().to_string().contains("nospace"));
+        assert!(build_from_gguf(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("nospace"));
         let mut v = tiny();
         v.token_types.pop();
-        assert!(build_from_gguf(&v).unwrap_err().to_string().contains("one per token"));
+        assert!(build_from_gguf(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("one per token"));
         let mut v = tiny();
         v.tokens[2] = "a".into();
-        assert!(build_from_gguf(&v).unwrap_err().to_string().contains("twice"));
+        assert!(build_from_gguf(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
     }
 
     #[test]
     fn json_round_trip_keeps_ids() {
         let t = Tokenizer::from_inner(build_from_gguf(&tiny()).expect("builds"));
         let back = Tokenizer::from_json(t.to_json().unwrap().as_bytes()).expect("loads");
-        assert_eq!(back.encode("ab<|end|> 12").unwrap(), t.encode("ab<|end|> 12").unwrap());
+        assert_eq!(
+            back.encode("ab<|end|> 12").unwrap(),
+            t.encode("ab<|end|> 12").unwrap()
+        );
     }
 }

@@ -15,7 +15,15 @@ const HIDDEN: u64 = 64;
 const FFN: u64 = 96;
 const KV: u64 = 32;
 const LAYERS: usize = 2;
-const TOKENS: [&str; 7] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "a", "b", "ab", "Ġ"];
+const TOKENS: [&str; 7] = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "a",
+    "b",
+    "ab",
+    "Ġ",
+];
 const TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.content }}<|im_end|>{% endfor %}";
 
 fn metadata() -> Vec<(&'static str, Value)> {
@@ -36,10 +44,18 @@ fn metadata() -> Vec<(&'static str, Value)> {
         ("tokenizer.ggml.pre", s("smollm")),
         (
             "tokenizer.ggml.tokens",
-            Value::Array(Array::String(TOKENS.iter().map(|t| (*t).to_owned()).collect())),
+            Value::Array(Array::String(
+                TOKENS.iter().map(|t| (*t).to_owned()).collect(),
+            )),
         ),
-        ("tokenizer.ggml.token_type", Value::Array(Array::I32(vec![3, 3, 3, 1, 1, 1, 1]))),
-        ("tokenizer.ggml.merges", Value::Array(Array::String(vec!["a b".into()]))),
+        (
+            "tokenizer.ggml.token_type",
+            Value::Array(Array::I32(vec![3, 3, 3, 1, 1, 1, 1])),
+        ),
+        (
+            "tokenizer.ggml.merges",
+            Value::Array(Array::String(vec!["a b".into()])),
+        ),
         ("tokenizer.ggml.bos_token_id", Value::U32(1)),
         ("tokenizer.ggml.eos_token_id", Value::U32(2)),
         ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
@@ -50,7 +66,11 @@ fn metadata() -> Vec<(&'static str, Value)> {
 /// `(name, dims innermost first, type)` of every tensor of the tiny model.
 fn tensor_specs() -> Vec<(String, Vec<u64>, GgmlType)> {
     let mut specs = vec![
-        ("token_embd.weight".to_owned(), vec![HIDDEN, TOKENS.len() as u64], GgmlType::Q8_0),
+        (
+            "token_embd.weight".to_owned(),
+            vec![HIDDEN, TOKENS.len() as u64],
+            GgmlType::Q8_0,
+        ),
         ("output_norm.weight".to_owned(), vec![HIDDEN], GgmlType::F32),
     ];
     for i in 0..LAYERS {
@@ -66,7 +86,11 @@ fn tensor_specs() -> Vec<(String, Vec<u64>, GgmlType)> {
             // GGUF dims [FFN, HIDDEN]: HIDDEN rows (outputs) of FFN inputs.
             ("ffn_down", vec![FFN, HIDDEN], GgmlType::Q4_1),
         ];
-        specs.extend(layer.into_iter().map(|(n, d, t)| (format!("blk.{i}.{n}.weight"), d, t)));
+        specs.extend(
+            layer
+                .into_iter()
+                .map(|(n, d, t)| (format!("blk.{i}.{n}.weight"), d, t)),
+        );
     }
     specs
 }
@@ -129,18 +153,35 @@ fn import_keeps_blocks_and_orients_matrices_rows_as_outputs() {
     let dir = ModelDir::open(tmp.path().join("m")).expect("opens");
 
     let down = dir.weight("blk.1.ffn_down.weight").expect("ffn_down");
-    assert_eq!((down.format(), down.rows(), down.cols()), (WeightFormat::Q4_1, 64, 96));
+    assert_eq!(
+        (down.format(), down.rows(), down.cols()),
+        (WeightFormat::Q4_1, 64, 96)
+    );
     let gate = dir.weight("blk.0.ffn_gate.weight").expect("ffn_gate");
     assert_eq!((gate.rows(), gate.cols()), (96, 64));
-    for name in ["blk.1.ffn_down.weight", "token_embd.weight", "blk.0.attn_v.weight"] {
+    for name in [
+        "blk.1.ffn_down.weight",
+        "token_embd.weight",
+        "blk.0.attn_v.weight",
+    ] {
         let original = gguf.tensor_bytes(gguf.tensor(name).expect(name));
-        assert_eq!(dir.weight(name).expect(name).data(), original, "{name} bytes");
+        assert_eq!(
+            dir.weight(name).expect(name).data(),
+            original,
+            "{name} bytes"
+        );
     }
     let embd = dir.weight("token_embd.weight").expect("embd");
-    assert_eq!((embd.format(), embd.rows(), embd.cols()), (WeightFormat::Q8_0, 7, 64));
+    assert_eq!(
+        (embd.format(), embd.rows(), embd.cols()),
+        (WeightFormat::Q8_0, 7, 64)
+    );
 
     let k = dir.weight("blk.0.attn_k.weight").expect("attn_k");
-    assert_eq!((k.format(), k.rows(), k.cols()), (WeightFormat::F32, 32, 64));
+    assert_eq!(
+        (k.format(), k.rows(), k.cols()),
+        (WeightFormat::F32, 32, 64)
+    );
     let k0 = f32::from_le_bytes(k.data()[..4].try_into().expect("4 bytes"));
     assert_eq!(k0, -7.0 / 8.0, "f16 widened exactly");
 
@@ -160,18 +201,32 @@ fn config_tokenizer_and_template_come_from_metadata() {
     let dir = ModelDir::open(tmp.path().join("m")).expect("opens");
     let c = dir.config();
     assert_eq!(
-        (c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads),
+        (
+            c.hidden_size,
+            c.intermediate_size,
+            c.num_hidden_layers,
+            c.num_attention_heads
+        ),
         (64, 96, 2, 2)
     );
-    assert_eq!((c.num_key_value_heads, c.head_dim, c.vocab_size), (1, 32, 7));
+    assert_eq!(
+        (c.num_key_value_heads, c.head_dim, c.vocab_size),
+        (1, 32, 7)
+    );
     assert_eq!((c.bos_token_id, c.eos_token_id), (1, 2));
     assert_eq!(c.stop_token_ids, vec![0, 2], "EOS and <|endoftext|>");
     assert!(c.tie_word_embeddings);
     assert_eq!(c.rope_layout, RopeLayout::Normal);
     assert_eq!(dir.chat_template(), TEMPLATE);
     let t = dir.tokenizer();
-    assert_eq!(t.encode("<|im_start|>ab a<|im_end|>").expect("encodes"), vec![1, 5, 6, 3, 2]);
-    assert_eq!(t.decode(&[1, 5, 6, 3, 2], false).expect("decodes"), "<|im_start|>ab a<|im_end|>");
+    assert_eq!(
+        t.encode("<|im_start|>ab a<|im_end|>").expect("encodes"),
+        vec![1, 5, 6, 3, 2]
+    );
+    assert_eq!(
+        t.decode(&[1, 5, 6, 3, 2], false).expect("decodes"),
+        "<|im_start|>ab a<|im_end|>"
+    );
     assert_eq!(hex::encode(dir.root()), dir.manifest().root);
 }
 
@@ -179,7 +234,12 @@ fn config_tokenizer_and_template_come_from_metadata() {
 fn a_flipped_byte_in_any_file_is_refused() {
     let (tmp, _) = imported();
     let src = tmp.path().join("m");
-    for file in [WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE, "chat_template.jinja"] {
+    for file in [
+        WEIGHTS_FILE,
+        CONFIG_FILE,
+        TOKENIZER_FILE,
+        "chat_template.jinja",
+    ] {
         let copy = tmp.path().join(format!("copy-{file}"));
         copy_dir(&src, &copy);
         let path = copy.join(file);
@@ -189,7 +249,13 @@ fn a_flipped_byte_in_any_file_is_refused() {
         std::fs::write(&path, bytes).expect("write");
         let err = ModelDir::open(&copy).expect_err(file);
         assert!(
-            matches!(err, ModelError::RootMismatch { source_of_expected: "manifest.json", .. }),
+            matches!(
+                err,
+                ModelError::RootMismatch {
+                    source_of_expected: "manifest.json",
+                    ..
+                }
+            ),
             "{file}: {err}"
         );
     }
@@ -212,7 +278,9 @@ fn manifest_mismatches_are_named() {
     let (tmp, _) = imported();
     let src = tmp.path().join("m");
     let manifest_path = |d: &Path| d.join("manifest.json");
-    let read = |d: &Path| Manifest::from_json(&std::fs::read(manifest_path(d)).expect("read")).expect("valid");
+    let read = |d: &Path| {
+        Manifest::from_json(&std::fs::read(manifest_path(d)).expect("read")).expect("valid")
+    };
 
     let missing = tmp.path().join("missing");
     copy_dir(&src, &missing);
@@ -220,7 +288,15 @@ fn manifest_mismatches_are_named() {
     m.files.retain(|f| f.path != TOKENIZER_FILE);
     std::fs::write(manifest_path(&missing), m.to_json()).expect("write");
     let err = ModelDir::open(&missing).expect_err("missing tokenizer");
-    assert!(matches!(err, ModelError::MissingFile { path: TOKENIZER_FILE }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ModelError::MissingFile {
+                path: TOKENIZER_FILE
+            }
+        ),
+        "{err}"
+    );
 
     let grown = tmp.path().join("grown");
     copy_dir(&src, &grown);
@@ -236,7 +312,10 @@ fn manifest_mismatches_are_named() {
 fn import_refuses_wrong_shapes_and_unsupported_types() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let mut specs = tensor_specs();
-    let q = specs.iter_mut().find(|s| s.0 == "blk.0.attn_q.weight").expect("attn_q");
+    let q = specs
+        .iter_mut()
+        .find(|s| s.0 == "blk.0.attn_q.weight")
+        .expect("attn_q");
     q.1 = vec![HIDDEN, KV];
     let err = import_into(&tmp.path().join("a"), &tiny_gguf(&specs)).expect_err("bad shape");
     assert!(err.to_string().contains("blk.0.attn_q.weight"), "{err}");
@@ -245,7 +324,10 @@ fn import_refuses_wrong_shapes_and_unsupported_types() {
     let mut specs = tensor_specs();
     specs.push(("extra.weight".to_owned(), vec![256], GgmlType::Q4_K));
     let err = import_into(&tmp.path().join("b"), &tiny_gguf(&specs)).expect_err("Q4_K");
-    assert!(err.to_string().contains("extra.weight") && err.to_string().contains("Q4_K"), "{err}");
+    assert!(
+        err.to_string().contains("extra.weight") && err.to_string().contains("Q4_K"),
+        "{err}"
+    );
 
     let mut specs = tensor_specs();
     specs.retain(|s| s.0 != "blk.1.ffn_norm.weight");
