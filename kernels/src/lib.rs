@@ -8,6 +8,7 @@
 //! buffers. This crate depends on no other Chrysalis crate.
 #![deny(missing_docs)]
 
+pub mod bounce;
 mod cpu;
 mod weight;
 
