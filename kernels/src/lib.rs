@@ -10,6 +10,7 @@
 
 pub mod bounce;
 mod cpu;
+pub mod cuda;
 mod weight;
 
 pub use cpu::{ActivationPrecision, CpuBackend, CpuOptions, Isa};
