@@ -53,6 +53,10 @@ pub struct BuildArgs {
     /// Build OVMF even when a cached build for these inputs exists.
     #[arg(long)]
     pub rebuild_ovmf: bool,
+    /// Skip OVMF and the launch digests: write only vmlinuz, initrd.img and cmdline
+    /// (enough for `boot-test`, which boots without firmware measurement). No manifest.
+    #[arg(long)]
+    pub skip_firmware: bool,
     /// Download the apt package lists again.
     #[arg(long)]
     pub refresh_apt: bool,
@@ -82,7 +86,12 @@ pub struct VerifyArgs {
 /// `cargo xtask build-image`.
 pub fn run_build(args: BuildArgs) -> anyhow::Result<()> {
     let root = workspace_root();
-    let manifest = build(&root, &args)?;
+    let Some(manifest) = build(&root, &args)? else {
+        eprintln!(
+            "--skip-firmware: wrote vmlinuz, initrd.img and cmdline; no OVMF, digests or manifest"
+        );
+        return Ok(());
+    };
     let path = args.manifest.clone().unwrap_or_else(|| {
         root.join("measurements/published")
             .join(format!("{}.json", args.model))
@@ -106,10 +115,11 @@ pub fn run_verify(args: VerifyArgs) -> anyhow::Result<()> {
         out: Some(args.out.unwrap_or_else(|| root.join("target/image-verify"))),
         manifest: None,
         rebuild_ovmf: false,
+        skip_firmware: false,
         refresh_apt: false,
         json: false,
     };
-    let rebuilt = build(&root, &build_args)?;
+    let rebuilt = build(&root, &build_args)?.context("the rebuild skipped the firmware")?;
     let report = published.compare(&rebuilt);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -153,7 +163,7 @@ fn model_root(args: &BuildArgs) -> anyhow::Result<String> {
 }
 
 /// Builds the image described by `args` from the checkout at `root`.
-pub fn build(root: &Path, args: &BuildArgs) -> anyhow::Result<Manifest> {
+pub fn build(root: &Path, args: &BuildArgs) -> anyhow::Result<Option<Manifest>> {
     if args.model.is_empty()
         || !args
             .model
@@ -195,8 +205,17 @@ pub fn build(root: &Path, args: &BuildArgs) -> anyhow::Result<Manifest> {
         &downloads,
     )?;
 
-    step(2, "OVMF (AmdSevX64)");
-    let ovmf = ovmf::firmware(&lock, &tarballs, &home.join("cache"), args.rebuild_ovmf)?;
+    let ovmf = if args.skip_firmware {
+        None
+    } else {
+        step(2, "OVMF (AmdSevX64)");
+        Some(ovmf::firmware(
+            &lock,
+            &tarballs,
+            &home.join("cache"),
+            args.rebuild_ovmf,
+        )?)
+    };
 
     step(3, "kernel and modules");
     let kernel = kernel::KernelTree::unpack(
@@ -217,12 +236,17 @@ pub fn build(root: &Path, args: &BuildArgs) -> anyhow::Result<Manifest> {
     let config_sha256 = sha256_hex(&config);
     let initrd = initrd_bytes(&fs::read(&enclave)?, &modules, &config)?;
     let cmdline = kernel_cmdline(&args.model, &model_root, &config_sha256);
-    fs::copy(&ovmf, out.join("OVMF.fd"))?;
+    if let Some(ovmf) = &ovmf {
+        fs::copy(ovmf, out.join("OVMF.fd"))?;
+    }
     fs::copy(kernel.vmlinuz()?, out.join("vmlinuz"))?;
     fs::write(out.join("initrd.img"), &initrd)?;
     fs::write(out.join("cmdline"), &cmdline)?;
 
     step(6, "SNP launch digests");
+    if ovmf.is_none() {
+        return Ok(None);
+    }
     Manifest::of_image(manifest::ImageFacts {
         name: &args.model,
         model_root: &model_root,
@@ -233,6 +257,7 @@ pub fn build(root: &Path, args: &BuildArgs) -> anyhow::Result<Manifest> {
         lock: &lock,
         root,
     })
+    .map(Some)
 }
 
 fn step(n: u32, what: &str) {
@@ -326,6 +351,7 @@ mod tests {
             out: None,
             manifest: None,
             rebuild_ovmf: false,
+            skip_firmware: false,
             refresh_apt: false,
             json: false,
         };

@@ -49,12 +49,14 @@ pub fn run(args: ReproArgs) -> anyhow::Result<()> {
             out: Some(clone.join("target/image")),
             manifest: None,
             rebuild_ovmf: args.rebuild_ovmf && i == 1,
+            skip_firmware: false,
             refresh_apt: false,
             json: false,
         };
         manifests.push(
             build(clone, &build_args)
-                .with_context(|| format!("build in {} failed", clone.display()))?,
+                .with_context(|| format!("build in {} failed", clone.display()))?
+                .context("the build skipped the firmware")?,
         );
     }
     let report = manifests[0].compare(&manifests[1]);
