@@ -8,3 +8,8 @@
 //! kernels.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+pub mod attest;
+pub mod gateway;
+pub mod session;
+pub mod transport;

@@ -8,3 +8,4 @@
 /// Attestation evidence: SEV-SNP reports and derived keys, or INSECURE simulation.
 pub mod attest;
 pub mod generate;
+pub mod serve;

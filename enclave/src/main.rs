@@ -13,7 +13,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use chrysalis_enclave::generate;
+use chrysalis_enclave::{generate, serve};
+
+mod init;
 
 /// The Chrysalis confidential inference enclave.
 #[derive(Parser, Debug)]
@@ -27,9 +29,12 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt with a local model (CPU).
     Generate(generate::GenerateArgs),
+    /// Serve sealed inference sessions to the host shim (evidence, sessions, batching).
+    ///
+    /// Example (dev mode, INSECURE simulated evidence):
+    /// chrysalis-enclave serve --listen tcp:127.0.0.1:7000 --model smollm2-135m --dev
+    Serve(serve::Args),
 }
-
-mod init;
 
 fn main() -> ExitCode {
     // As `/init` of the guest image the kernel starts us as PID 1, with no arguments.
@@ -39,6 +44,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

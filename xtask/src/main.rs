@@ -9,6 +9,7 @@ mod ci;
 mod demo;
 mod fetch_model;
 mod image;
+mod stack;
 mod util;
 
 use clap::{Parser, Subcommand};

@@ -1,0 +1,58 @@
+//! `chrysalis serve`: the OpenAI-compatible local gateway.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use chrysalis_client::attest;
+use chrysalis_client::gateway::Gateway;
+
+use crate::remote::{runtime, Remote};
+
+/// Serve an OpenAI-compatible API on localhost that seals every request to a verified
+/// enclave.
+///
+/// Routes: GET /v1/models, POST /v1/chat/completions (with "stream": true as
+/// server-sent events; usage in every final response). The enclave is verified at
+/// start-up and again for every session the gateway opens.
+///
+/// Example:
+///   chrysalis serve --url http://127.0.0.1:8443 --listen 127.0.0.1:8000 --allow-simulated
+///   OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=unused python app.py
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    #[command(flatten)]
+    remote: Remote,
+    /// Local address to serve on (keep it on loopback: plaintext crosses it).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8000")]
+    listen: SocketAddr,
+}
+
+/// Runs the command.
+pub fn run(args: &Args) -> ExitCode {
+    match runtime().and_then(|rt| rt.block_on(serve(args))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chrysalis serve: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: &Args) -> anyhow::Result<()> {
+    let (endpoint, trust) = args.remote.resolve()?;
+    // Fail fast with the reason if the enclave would not be trusted.
+    let verdict = attest::fetch_and_verify(&endpoint, &trust).await?;
+    eprint!("{}", verdict.summary());
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let local = listener.local_addr()?;
+    let marker = if verdict.insecure {
+        " (INSECURE: simulated evidence)"
+    } else {
+        ""
+    };
+    // Tests and scripts wait for this line.
+    println!("chrysalis serve: OpenAI-compatible API on http://{local}/v1{marker}");
+    axum::serve(listener, Gateway::new(endpoint, trust).router()).await?;
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! `chrysalis-enclave serve`: evidence, sealed sessions and continuous batching.
+//!
+//! One tokio task per connection from the shim ([`session`]); one OS thread runs the
+//! engine ([`scheduler`]). Plaintext exists only inside this process: logs carry
+//! session ids, token counts and timings, never text.
+
+mod dev_evidence;
+mod engine;
+#[allow(unsafe_code)] // AF_VSOCK through libc; every block has a SAFETY note.
+mod listen;
+mod llama_engine;
+mod scheduler;
+mod session;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrysalis_protocol::{Evidence, SealedChannel, SessionOpen, Usage};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use dev_evidence::{EvidenceSource, Identity, SimulatedEvidence};
+pub use listen::ListenAddr;
+use scheduler::{Limits, SchedulerHandle};
+use session::ConnError;
+
+/// Options of `chrysalis-enclave serve`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Where the shim connects: tcp:HOST:PORT (development) or vsock:PORT (in a VM).
+    /// Port 0 picks a free port; the bound address is printed on stdout.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: ListenAddr,
+    /// Model to serve: a model directory, or a name under $CHRYSALIS_HOME/models
+    /// (for example smollm2-135m, installed by `cargo xtask fetch-model`).
+    #[arg(long, value_name = "NAME_OR_DIR")]
+    pub model: String,
+    /// Development mode: random keys and SIMULATED evidence. INSECURE: the evidence
+    /// proves nothing; clients refuse it unless told --allow-simulated.
+    #[arg(long)]
+    pub dev: bool,
+    /// Most sealed sessions open at once; more are refused with "overloaded".
+    #[arg(long, default_value_t = 64)]
+    pub max_sessions: usize,
+    /// Most prompt tokens per request (after the chat template).
+    #[arg(long, default_value_t = 2048)]
+    pub max_prompt_tokens: usize,
+    /// Most tokens one request may generate.
+    #[arg(long, default_value_t = 1024)]
+    pub max_new_tokens: u32,
+    /// Most sequences in one forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub max_batch: usize,
+    /// Seconds a connection may stay silent before it is closed.
+    #[arg(long, default_value_t = 300)]
+    pub idle_timeout_secs: u64,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// Settings every connection reads.
+pub struct ServeConfig {
+    /// Most sealed sessions at once.
+    pub max_sessions: usize,
+    /// Silence allowed before a connection is closed.
+    pub idle_timeout: Duration,
+}
+
+/// Evidence handed out recently, by hash; a session may be opened once under each.
+#[derive(Default)]
+struct IssuedEvidence {
+    entries: VecDeque<([u8; 32], Instant)>,
+}
+
+impl IssuedEvidence {
+    /// Most outstanding evidence hashes kept; older ones are forgotten first.
+    const CAPACITY: usize = 4096;
+    /// How long a client has between fetching evidence and opening a session.
+    const TTL: Duration = Duration::from_secs(600);
+
+    fn insert(&mut self, hash: [u8; 32]) {
+        let now = Instant::now();
+        self.entries
+            .retain(|(_, t)| now.duration_since(*t) < Self::TTL);
+        if self.entries.len() >= Self::CAPACITY {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((hash, now));
+    }
+
+    fn take(&mut self, hash: &[u8; 32]) -> bool {
+        let now = Instant::now();
+        let found = self
+            .entries
+            .iter()
+            .position(|(h, t)| h == hash && now.duration_since(*t) < Self::TTL);
+        found.and_then(|i| self.entries.remove(i)).is_some()
+    }
+}
+
+/// Everything connections share.
+pub struct Server {
+    identity: Identity,
+    evidence: Box<dyn EvidenceSource>,
+    issued: Mutex<IssuedEvidence>,
+    scheduler: SchedulerHandle,
+    sessions: Arc<Semaphore>,
+    config: ServeConfig,
+    session_counter: AtomicU64,
+    prompt_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
+}
+
+impl Server {
+    fn evidence_for(&self, nonce: &[u8; 32]) -> Result<Evidence, String> {
+        let evidence = self.evidence.evidence(&self.identity, nonce)?;
+        self.issued
+            .lock()
+            .map_err(|_| "evidence store poisoned".to_owned())?
+            .insert(evidence.hash());
+        Ok(evidence)
+    }
+
+    fn accept_session(&self, open: &SessionOpen) -> Result<SealedChannel, String> {
+        let known = self
+            .issued
+            .lock()
+            .map(|mut issued| issued.take(&open.evidence_hash))
+            .unwrap_or(false);
+        if !known {
+            return Err("the session names evidence this enclave did not issue, or already used; fetch fresh evidence".to_owned());
+        }
+        SealedChannel::server(&self.identity.keys, open, &open.evidence_hash)
+            .map_err(|e| e.to_string())
+    }
+
+    fn try_session_permit(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.sessions).try_acquire_owned().ok()
+    }
+
+    fn next_session_id(&self) -> [u8; 16] {
+        let n = self.session_counter.fetch_add(1, Ordering::Relaxed);
+        let mut id = [0u8; 16];
+        id[8..].copy_from_slice(&n.to_be_bytes());
+        id
+    }
+
+    /// Metering hook: every finished request's usage passes here. Billing (signed
+    /// cumulative charges per channel) plugs in at this point.
+    fn record_usage(&self, usage: Usage) {
+        self.prompt_tokens
+            .fetch_add(u64::from(usage.prompt_tokens), Ordering::Relaxed);
+        self.completion_tokens
+            .fetch_add(u64::from(usage.completion_tokens), Ordering::Relaxed);
+    }
+
+    async fn read_idle<T>(
+        &self,
+        read: impl std::future::Future<Output = Result<T, ConnError>>,
+    ) -> Result<T, ConnError> {
+        tokio::time::timeout(self.config.idle_timeout, read)
+            .await
+            .unwrap_or(Err(ConnError::Idle(self.config.idle_timeout.as_secs())))
+    }
+}
+
+/// Loads the model, starts the engine thread and serves until killed.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    if !args.dev {
+        anyhow::bail!(
+            "no SEV-SNP evidence provider is available in this build; pass --dev to serve \
+             with SIMULATED, INSECURE evidence on a development machine"
+        );
+    }
+    eprintln!("chrysalis-enclave: DEV MODE: simulated evidence, random keys. INSECURE: nothing here is attested.");
+    let engine = llama_engine::LlamaEngine::load(&args.model, args.threads)?;
+    let model_root = engine.model_root();
+    let limits = Limits {
+        max_prompt_tokens: args.max_prompt_tokens,
+        max_new_tokens: args.max_new_tokens,
+        max_batch: args.max_batch,
+        ..Limits::default()
+    };
+    let scheduler =
+        scheduler::spawn(engine, limits).context("could not start the engine thread")?;
+    let server = Arc::new(Server {
+        identity: Identity::random(model_root),
+        evidence: Box::new(SimulatedEvidence::new()),
+        issued: Mutex::new(IssuedEvidence::default()),
+        scheduler,
+        sessions: Arc::new(Semaphore::new(args.max_sessions)),
+        config: ServeConfig {
+            max_sessions: args.max_sessions,
+            idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        },
+        session_counter: AtomicU64::new(0),
+        prompt_tokens: AtomicU64::new(0),
+        completion_tokens: AtomicU64::new(0),
+    });
+    tokio::runtime::Runtime::new()?.block_on(accept_loop(server, &args.listen))
+}
+
+async fn accept_loop(server: Arc<Server>, addr: &ListenAddr) -> anyhow::Result<()> {
+    let listener = listen::Listener::bind(addr)
+        .await
+        .with_context(|| format!("could not listen on {addr}"))?;
+    // Tests, the demo and launch scripts wait for this line.
+    println!(
+        "chrysalis-enclave: listening on {} (model {})",
+        listener.local_addr(addr),
+        server.scheduler.model_name()
+    );
+    loop {
+        let conn = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let server = Arc::clone(&server);
+        tokio::spawn(async move {
+            if let Err(e) = session::serve_connection(server, conn).await {
+                tracing::info!(error = %e, "connection ended");
+            }
+        });
+    }
+}

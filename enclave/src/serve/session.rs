@@ -1,0 +1,363 @@
+//! One connection from the shim: evidence requests, then at most one sealed session.
+//!
+//! The connection moves through typed states: [`serve_connection`] answers plain
+//! messages until a session-open arrives; [`Session::run`] then accepts only sealed
+//! frames. Any frame the channel refuses (bad tag, replayed or out-of-order counter,
+//! wrong kind) ends the session with a plain error that names the check and never
+//! quotes content. Each request streams sealed chunks and ends with a signed receipt.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrysalis_protocol::{
+    ErrorCode, ErrorMessage, Frame, FrameHeader, InferenceRequest, PlainMessage, Receipt,
+    ResponseEnd, SealedChannel, SealedMessage, SessionAccept, Signed, StreamChunk, Usage,
+    HEADER_LEN,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::scheduler::{Event, FinishReason as JobFinish, Job, JobError};
+use super::Server;
+
+/// Why a connection ended early; logged with sizes only.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// Reading or writing the socket failed (the shim or client went away).
+    #[error("connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer sent a frame or message the protocol refuses.
+    #[error("protocol violation: {0}")]
+    Protocol(#[from] chrysalis_protocol::ProtocolError),
+    /// No frame arrived within the idle timeout.
+    #[error("idle for {0} s")]
+    Idle(u64),
+}
+
+/// Reads one frame, validating its header before allocating the body; `None` at a
+/// clean end of stream.
+async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> Result<Option<Frame>, ConnError> {
+    let mut head = [0u8; HEADER_LEN];
+    match r.read_exact(&mut head).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let header = FrameHeader::parse(&head)?;
+    let mut bytes = vec![0u8; header.frame_len()];
+    bytes[..HEADER_LEN].copy_from_slice(&head);
+    r.read_exact(&mut bytes[HEADER_LEN..]).await?;
+    Ok(Some(Frame::decode(&bytes)?))
+}
+
+async fn write_bytes(w: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> Result<(), ConnError> {
+    w.write_all(bytes).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+async fn send_plain(
+    w: &mut (impl AsyncWrite + Unpin),
+    msg: &PlainMessage,
+) -> Result<(), ConnError> {
+    write_bytes(w, &msg.to_frame_bytes()?).await
+}
+
+fn error_message(code: ErrorCode, message: impl Into<String>) -> ErrorMessage {
+    let mut message = message.into();
+    message.truncate(chrysalis_protocol::MAX_ERROR_MESSAGE_LEN);
+    ErrorMessage { code, message }
+}
+
+/// Serves one connection until it closes, idles out, or misbehaves.
+pub async fn serve_connection<S>(server: Arc<Server>, mut stream: S) -> Result<(), ConnError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        let frame = match server.read_idle(read_frame(&mut stream)).await? {
+            Some(frame) => frame,
+            None => return Ok(()),
+        };
+        let message = match PlainMessage::from_frame(&frame) {
+            Ok(m) => m,
+            Err(e) => {
+                let refusal = error_message(
+                    ErrorCode::BadRequest,
+                    format!("expected a plain message: {e}"),
+                );
+                send_plain(&mut stream, &PlainMessage::Error(refusal)).await?;
+                return Err(e.into());
+            }
+        };
+        match message {
+            PlainMessage::EvidenceRequest(req) => {
+                let answer = match server.evidence_for(&req.nonce) {
+                    Ok(evidence) => PlainMessage::EvidenceResponse(evidence),
+                    Err(why) => PlainMessage::Error(error_message(ErrorCode::Internal, why)),
+                };
+                send_plain(&mut stream, &answer).await?;
+            }
+            PlainMessage::SessionOpen(open) => {
+                let Some(permit) = server.try_session_permit() else {
+                    let why = format!(
+                        "the enclave serves at most {} sessions at once; retry later",
+                        server.config.max_sessions
+                    );
+                    send_plain(
+                        &mut stream,
+                        &PlainMessage::Error(error_message(ErrorCode::Overloaded, why)),
+                    )
+                    .await?;
+                    return Ok(());
+                };
+                let channel = match server.accept_session(&open) {
+                    Ok(channel) => channel,
+                    Err(why) => {
+                        send_plain(
+                            &mut stream,
+                            &PlainMessage::Error(error_message(ErrorCode::HandshakeFailed, why)),
+                        )
+                        .await?;
+                        return Ok(());
+                    }
+                };
+                let session_id = server.next_session_id();
+                send_plain(
+                    &mut stream,
+                    &PlainMessage::SessionAccept(SessionAccept { session_id }),
+                )
+                .await?;
+                let session = Session {
+                    server,
+                    channel,
+                    evidence_hash: open.evidence_hash,
+                    id: hex_id(&session_id),
+                    _permit: permit,
+                };
+                return session.run(&mut stream).await;
+            }
+            other => {
+                let why = format!(
+                    "expected an evidence request or a session open, found {}",
+                    plain_name(&other)
+                );
+                send_plain(
+                    &mut stream,
+                    &PlainMessage::Error(error_message(ErrorCode::BadRequest, why)),
+                )
+                .await?;
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn plain_name(m: &PlainMessage) -> &'static str {
+    match m {
+        PlainMessage::EvidenceRequest(_) => "an evidence request",
+        PlainMessage::EvidenceResponse(_) => "an evidence response",
+        PlainMessage::SessionOpen(_) => "a session open",
+        PlainMessage::SessionAccept(_) => "a session accept",
+        PlainMessage::Charge(_) => "a charge",
+        PlainMessage::Error(_) => "an error",
+    }
+}
+
+fn hex_id(id: &[u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An open sealed session.
+struct Session {
+    server: Arc<Server>,
+    channel: SealedChannel,
+    evidence_hash: [u8; 32],
+    id: String,
+    /// Held for the session's lifetime: it is what counts toward `max_sessions`.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Session {
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        mut self,
+        stream: &mut S,
+    ) -> Result<(), ConnError> {
+        tracing::info!(session = %self.id, "session opened");
+        loop {
+            let frame = match self.server.read_idle(read_frame(stream)).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(()),
+                Err(ConnError::Idle(secs)) => {
+                    let why = format!("session idle for {secs} s; closed");
+                    self.send_sealed(
+                        stream,
+                        &SealedMessage::Error(error_message(ErrorCode::BadRequest, why)),
+                    )
+                    .await?;
+                    return Err(ConnError::Idle(secs));
+                }
+                Err(e) => return Err(e),
+            };
+            let message = match self.channel.open_message(&frame) {
+                Ok(m) => m,
+                Err(e) => {
+                    // The channel is closed for good; say why in the clear (no content).
+                    let why = format!("sealed frame refused, session closed: {e}");
+                    send_plain(
+                        stream,
+                        &PlainMessage::Error(error_message(ErrorCode::BadRequest, why)),
+                    )
+                    .await?;
+                    return Err(e.into());
+                }
+            };
+            match message {
+                SealedMessage::Request(request) => self.serve_request(stream, request).await?,
+                _ => {
+                    let why = "expected a request inside the session";
+                    self.send_sealed(
+                        stream,
+                        &SealedMessage::Error(error_message(ErrorCode::BadRequest, why)),
+                    )
+                    .await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn send_sealed<S: AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        msg: &SealedMessage,
+    ) -> Result<(), ConnError> {
+        let bytes = self.channel.seal_message(msg)?;
+        write_bytes(stream, &bytes).await
+    }
+
+    /// Runs one request through the scheduler, streaming sealed chunks.
+    async fn serve_request<S: AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        request: InferenceRequest,
+    ) -> Result<(), ConnError> {
+        let started = Instant::now();
+        let request_hash = request.hash();
+        let request_id = request.request_id;
+        let stream_chunks = request.stream;
+        let job = Job {
+            prompt: request.prompt,
+            max_new_tokens: request.max_tokens,
+            sampling: to_sampling(&request.sampling),
+        };
+        let mut events = self.server.scheduler.submit(job);
+        let mut index = 0u32;
+        let mut pending = StreamChunk {
+            index: 0,
+            text: String::new(),
+            token_ids: Vec::new(),
+        };
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Token { id, text } => {
+                    pending.token_ids.push(id);
+                    pending.text.push_str(&text);
+                    if stream_chunks
+                        || pending.token_ids.len() >= chrysalis_protocol::MAX_CHUNK_TOKENS
+                    {
+                        pending.index = index;
+                        index += 1;
+                        let chunk = std::mem::replace(
+                            &mut pending,
+                            StreamChunk {
+                                index: 0,
+                                text: String::new(),
+                                token_ids: Vec::new(),
+                            },
+                        );
+                        // A failed write means the client is gone: returning drops
+                        // `events`, which cancels the sequence at the next step.
+                        self.send_sealed(stream, &SealedMessage::Chunk(chunk))
+                            .await?;
+                    }
+                }
+                Event::Finished {
+                    prompt_tokens,
+                    completion_tokens,
+                    reason,
+                } => {
+                    if !pending.token_ids.is_empty() {
+                        pending.index = index;
+                        let chunk = std::mem::replace(
+                            &mut pending,
+                            StreamChunk {
+                                index: 0,
+                                text: String::new(),
+                                token_ids: Vec::new(),
+                            },
+                        );
+                        self.send_sealed(stream, &SealedMessage::Chunk(chunk))
+                            .await?;
+                    }
+                    let usage = Usage {
+                        prompt_tokens,
+                        completion_tokens,
+                    };
+                    self.server.record_usage(usage);
+                    let receipt = Receipt {
+                        request_id,
+                        evidence_hash: self.evidence_hash,
+                        model_root: self.server.identity.model_root,
+                        request_hash,
+                        usage,
+                    };
+                    let end = ResponseEnd {
+                        finish_reason: match reason {
+                            JobFinish::Stop => chrysalis_protocol::FinishReason::Stop,
+                            JobFinish::Length => chrysalis_protocol::FinishReason::Length,
+                        },
+                        receipt: Signed::sign(receipt, self.server.identity.keys.signing_key()),
+                    };
+                    tracing::info!(session = %self.id, prompt_tokens, completion_tokens, ms = started.elapsed().as_millis() as u64, "request served");
+                    return self.send_sealed(stream, &SealedMessage::End(end)).await;
+                }
+                Event::Failed(e) => {
+                    tracing::info!(session = %self.id, error = %e, "request refused");
+                    let code = match e {
+                        JobError::Engine(_) | JobError::EngineGone => ErrorCode::Internal,
+                        _ => ErrorCode::BadRequest,
+                    };
+                    return self
+                        .send_sealed(
+                            stream,
+                            &SealedMessage::Error(error_message(code, e.to_string())),
+                        )
+                        .await;
+                }
+            }
+        }
+        let why = "the engine stopped before the request finished";
+        self.send_sealed(
+            stream,
+            &SealedMessage::Error(error_message(ErrorCode::Internal, why)),
+        )
+        .await
+    }
+}
+
+/// The wire's sampling parameters as the sampler's (no repetition penalty or min-p
+/// on the wire yet: they stay neutral).
+fn to_sampling(
+    p: &chrysalis_protocol::SamplingParams,
+) -> chrysalis_models::sampling::SamplingParams {
+    chrysalis_models::sampling::SamplingParams {
+        temperature: p.temperature,
+        top_k: p.top_k as usize,
+        top_p: p.top_p,
+        min_p: 0.0,
+        repeat_penalty: 1.0,
+        repeat_last_n: 64,
+        seed: p.seed,
+    }
+}

@@ -1,0 +1,275 @@
+//! `chrysalis-shim serve`: the public HTTP API in front of the enclave.
+//!
+//! # HTTP API
+//!
+//! | route | what it does |
+//! |---|---|
+//! | `POST /v1/evidence` | body: an encoded evidence request (it carries the client's nonce); answer: the enclave's encoded evidence, `application/octet-stream` |
+//! | `GET /v1/session` | WebSocket upgrade; then every binary message from the client is one protocol frame for the enclave, and every frame from the enclave is one binary message back |
+//! | `GET /healthz` | `200 ok` when the enclave accepts a connection, `503` naming the address otherwise |
+//! | `GET /metrics` | Prometheus text: sessions, frames, bytes, evidence requests, errors, enclave reachability |
+//!
+//! Each evidence request and each session gets its own connection to the enclave, so a
+//! restarted enclave is picked up by the next request without any state to repair: a
+//! session that was open when the enclave went away is closed with WebSocket code 1011
+//! and the reason "enclave connection lost", and `/healthz` says 503 until it is back.
+//!
+//! The shim holds no key and parses nothing but frame lengths: confidentiality does
+//! not depend on it, and its logs and metrics carry sizes and counts only.
+
+mod enclave_link;
+mod metrics;
+mod tls;
+mod vsock;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::body::Bytes;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use futures_util::{SinkExt, StreamExt};
+
+pub use enclave_link::EnclaveAddr;
+use enclave_link::{check_frame, read_frame, write_frame, Link};
+use metrics::Metrics;
+
+/// Largest evidence request body accepted (a request holds a version and a nonce).
+const MAX_EVIDENCE_REQUEST: usize = 4096;
+/// How long the enclave may take to produce evidence.
+const EVIDENCE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Options of `chrysalis-shim serve`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Where the enclave listens: tcp:HOST:PORT (dev mode) or vsock:CID:PORT (a VM).
+    #[arg(long, value_name = "ADDR")]
+    pub enclave: EnclaveAddr,
+    /// Address of the public HTTP API.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain: serve HTTPS (rustls) instead of plain HTTP.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// Shared state of every handler.
+struct Shim {
+    enclave: EnclaveAddr,
+    metrics: Metrics,
+}
+
+/// Runs the API until the process is stopped.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let shim = Arc::new(Shim {
+        enclave: args.enclave.clone(),
+        metrics: Metrics::default(),
+    });
+    let app = router(shim);
+    let tcp = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("could not listen on {}", args.listen))?;
+    let local = tcp.local_addr()?;
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let listener = tls::TlsListener::new(tcp, cert, key)?;
+            // Tests and scripts wait for this line.
+            println!(
+                "chrysalis-shim: listening on https://{local} (enclave {})",
+                args.enclave
+            );
+            axum::serve(listener, app).await?;
+        }
+        _ => {
+            println!(
+                "chrysalis-shim: listening on http://{local} (enclave {})",
+                args.enclave
+            );
+            axum::serve(tcp, app).await?;
+        }
+    }
+    Ok(())
+}
+
+fn router(shim: Arc<Shim>) -> Router {
+    Router::new()
+        .route(
+            "/v1/evidence",
+            post(evidence).layer(DefaultBodyLimit::max(MAX_EVIDENCE_REQUEST)),
+        )
+        .route("/v1/session", get(session))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .with_state(shim)
+}
+
+impl Shim {
+    /// Connects to the enclave, recording whether it answered.
+    async fn connect(&self) -> Result<Box<dyn Link>, Response> {
+        match self.enclave.connect().await {
+            Ok(link) => {
+                self.metrics.enclave_reached(true);
+                Ok(link)
+            }
+            Err(e) => {
+                self.metrics.enclave_reached(false);
+                tracing::warn!(enclave = %self.enclave, error = %e, "enclave unreachable");
+                Err((
+                    StatusCode::BAD_GATEWAY,
+                    format!("enclave unreachable at {}: {e}\n", self.enclave),
+                )
+                    .into_response())
+            }
+        }
+    }
+}
+
+async fn evidence(State(shim): State<Arc<Shim>>, body: Bytes) -> Response {
+    Metrics::inc(&shim.metrics.evidence_requests_total);
+    if let Err(e) = check_frame(&body) {
+        Metrics::inc(&shim.metrics.client_errors_total);
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("evidence request is not one frame: {e}\n"),
+        )
+            .into_response();
+    }
+    let mut link = match shim.connect().await {
+        Ok(link) => link,
+        Err(resp) => return resp,
+    };
+    let exchange = async {
+        write_frame(&mut link, &body).await?;
+        read_frame(&mut link).await
+    };
+    match tokio::time::timeout(EVIDENCE_TIMEOUT, exchange).await {
+        Ok(Ok(Some(answer))) => {
+            tracing::info!(
+                request_bytes = body.len(),
+                answer_bytes = answer.len(),
+                "evidence relayed"
+            );
+            ([(header::CONTENT_TYPE, "application/octet-stream")], answer).into_response()
+        }
+        Ok(Ok(None)) => bad_gateway(&shim, "enclave closed the connection without answering"),
+        Ok(Err(e)) => bad_gateway(&shim, &format!("enclave link failed: {e}")),
+        Err(_) => bad_gateway(&shim, "enclave did not answer within 30 s"),
+    }
+}
+
+fn bad_gateway(shim: &Shim, why: &str) -> Response {
+    Metrics::inc(&shim.metrics.enclave_disconnects_total);
+    tracing::warn!(why, "evidence request failed");
+    (StatusCode::BAD_GATEWAY, format!("{why}\n")).into_response()
+}
+
+async fn session(State(shim): State<Arc<Shim>>, upgrade: WebSocketUpgrade) -> Response {
+    // Connect before upgrading, so an unreachable enclave is a plain 502 the client can read.
+    let link = match shim.connect().await {
+        Ok(link) => link,
+        Err(resp) => return resp,
+    };
+    let max = chrysalis_protocol::MAX_FRAME_LEN;
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |ws| relay(shim, ws, link))
+}
+
+/// Moves frames both ways until either side ends; the other side is then closed.
+async fn relay(shim: Arc<Shim>, ws: WebSocket, link: Box<dyn Link>) {
+    let m = &shim.metrics;
+    Metrics::inc(&m.sessions_total);
+    m.sessions_active.fetch_add(1, Ordering::Relaxed);
+    let (mut ws_tx, mut ws_rx) = ws.split();
+    let (mut from_enclave, mut to_enclave) = tokio::io::split(link);
+
+    let (ended, close_code) = {
+        let upstream = async {
+            while let Some(Ok(msg)) = ws_rx.next().await {
+                match msg {
+                    Message::Binary(frame) => {
+                        if let Err(e) = check_frame(&frame) {
+                            Metrics::inc(&m.client_errors_total);
+                            tracing::info!(error = %e, "client frame refused");
+                            return ("client sent a malformed frame", Some(1008));
+                        }
+                        Metrics::inc(&m.frames_to_enclave_total);
+                        Metrics::add(&m.bytes_to_enclave_total, frame.len());
+                        if write_frame(&mut to_enclave, &frame).await.is_err() {
+                            return ("enclave connection lost", Some(1011));
+                        }
+                    }
+                    Message::Close(_) => return ("client closed", None),
+                    Message::Ping(_) | Message::Pong(_) => {}
+                    Message::Text(_) => {
+                        Metrics::inc(&m.client_errors_total);
+                        return ("client sent a text message; frames are binary", Some(1003));
+                    }
+                }
+            }
+            ("client went away", None)
+        };
+        let downstream = async {
+            loop {
+                match read_frame(&mut from_enclave).await {
+                    Ok(Some(frame)) => {
+                        Metrics::inc(&m.frames_to_client_total);
+                        Metrics::add(&m.bytes_to_client_total, frame.len());
+                        if ws_tx.send(Message::Binary(frame.into())).await.is_err() {
+                            return ("client went away", None);
+                        }
+                    }
+                    Ok(None) => return ("enclave closed the session", Some(1000)),
+                    Err(_) => return ("enclave connection lost", Some(1011)),
+                }
+            }
+        };
+        tokio::select! {
+            ended = upstream => ended,
+            (why, code) = downstream => (why, code),
+        }
+    };
+    if close_code == Some(1011) {
+        Metrics::inc(&m.enclave_disconnects_total);
+    }
+    if let Some(code) = close_code {
+        let frame = CloseFrame {
+            code,
+            reason: ended.into(),
+        };
+        let _ = ws_tx.send(Message::Close(Some(frame))).await;
+    }
+    m.sessions_active.fetch_sub(1, Ordering::Relaxed);
+    tracing::info!(ended, "session relay finished");
+}
+
+async fn healthz(State(shim): State<Arc<Shim>>) -> Response {
+    match shim.connect().await {
+        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("enclave unreachable at {}\n", shim.enclave),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics_text(State(shim): State<Arc<Shim>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        shim.metrics.render(),
+    )
+        .into_response()
+}
