@@ -24,3 +24,44 @@ fn missing_driver_is_a_clean_error() {
         Err(other) => panic!("unexpected error {other}"),
     }
 }
+
+#[test]
+fn device_specs_parse_and_reject_what_they_should() {
+    use chrysalis_kernels::cuda::DeviceSpec;
+    assert_eq!("cpu".parse(), Ok(DeviceSpec::Cpu));
+    assert_eq!("cuda".parse(), Ok(DeviceSpec::Cuda(0)));
+    assert_eq!("cuda:1".parse(), Ok(DeviceSpec::Cuda(1)));
+    assert_eq!(DeviceSpec::Cuda(3).to_string(), "cuda:3");
+    for bad in [
+        "",
+        "gpu",
+        "cuda:",
+        "cuda:+1",
+        "cuda:-1",
+        "cuda:x",
+        "CPU",
+        "cuda:99999999999",
+    ] {
+        let err = bad.parse::<DeviceSpec>().expect_err(bad);
+        assert!(err.to_string().contains("expected `cpu`"), "{err}");
+    }
+}
+
+#[test]
+fn cpu_spec_opens_a_working_backend_and_cuda_spec_fails_cleanly() {
+    use chrysalis_kernels::cuda::DeviceSpec;
+    let cpu = DeviceSpec::Cpu.open().expect("cpu backend");
+    let mut x = vec![1.0f32, 2.0, 3.0];
+    cpu.softmax(&mut x).expect("softmax");
+    assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    match DeviceSpec::Cuda(0).open() {
+        Err(KernelError::Unavailable {
+            backend: "cuda", ..
+        }) => {}
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(backend) => panic!(
+            "{} opened, but the CUDA backend is not written",
+            backend.name()
+        ),
+    }
+}

@@ -4,7 +4,10 @@
 //! NVRTC is opened at run time (`dlopen`), so this module builds and runs where CUDA is
 //! absent and reports a clean [`KernelError::Unavailable`] instead of panicking.
 
+mod device_spec;
 pub mod nvrtc;
+
+pub use device_spec::{DeviceSpec, DeviceSpecError};
 
 use crate::KernelError;
 
