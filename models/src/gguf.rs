@@ -683,7 +683,7 @@ impl Reader<'_> {
         let min_size = match code {
             0 | 1 | 7 => 1,
             2 | 3 => 2,
-            4 | 5 | 6 => 4,
+            4..=6 => 4,
             8 | 10 | 11 | 12 => 8,
             9 => 12,
             found => return Err(GgufError::ValueType { offset, found }),
