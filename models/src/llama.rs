@@ -16,7 +16,7 @@ use chrysalis_kernels::{AttentionShape, Backend, KernelError, WeightFormat, Weig
 
 use crate::config::{LlamaConfig, RopeLayout};
 use crate::dir::{ModelDir, ModelError};
-use crate::kv_cache::{KvCache, KvCacheError};
+use crate::kv_cache::{self, AttentionScratch, KvCache, KvCacheError};
 
 /// Why a model could not be built or a forward step could not run.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +73,9 @@ pub enum LlamaError {
         vocab: usize,
     },
     /// A cache made for a different model shape was passed in.
-    #[error("cache for {layers} layers of width {kv_dim}: expected {expected_layers} layers of width {expected_kv_dim}")]
+    #[error(
+        "cache for {layers} layers of width {kv_dim}: expected {expected_layers} layers of width {expected_kv_dim}"
+    )]
     CacheShape {
         /// Layers of the cache.
         layers: usize,
@@ -447,12 +449,14 @@ impl Llama {
             let (keys, values) = entry
                 .cache
                 .append(layer, &s.k[kv_rows.clone()], &s.v[kv_rows]);
-            b.attention(
+            kv_cache::attention(
+                b,
                 shape,
                 &s.q[q_rows.clone()],
                 keys,
                 values,
                 &mut s.att[q_rows],
+                &mut s.attention,
             )?;
             row += n_new;
         }
@@ -521,6 +525,8 @@ struct Scratch {
     att: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
+    /// Buffers of the attention over the f16 cache.
+    attention: AttentionScratch,
 }
 
 impl Scratch {
@@ -534,6 +540,7 @@ impl Scratch {
             att: zeros(c.q_dim()),
             gate: zeros(c.intermediate_size),
             up: zeros(c.intermediate_size),
+            attention: AttentionScratch::default(),
         }
     }
 }

@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use chrysalis_kernels::CpuBackend;
+use chrysalis_models::ModelDir;
 use chrysalis_models::engine::{Engine, GenerateOptions, SeqStep, StopReason};
 use chrysalis_models::llama::SeqBatch;
-use chrysalis_models::sampling::{argmax, SamplingParams};
-use chrysalis_models::ModelDir;
+use chrysalis_models::sampling::{SamplingParams, argmax};
 
 const MODEL: &str = "smollm2-135m";
 
@@ -128,16 +128,14 @@ fn first_step_logits() -> Vec<f32> {
     logits.into_rows().remove(0)
 }
 
-/// What the engine achieves today: relative L2 1.37e-3 against llama.cpp's run, the same
-/// on the portable and AVX2 paths and whether the prompt runs as one batch or token by
-/// token, with the top-5 ids and order equal. The bound of 1e-3 is checked by the
-/// ignored test below.
+/// Close to llama.cpp's run with the top-5 ids and their order equal, and the winning
+/// logit within 0.01. The bound of 1e-3 is checked by the next test.
 #[test]
 fn first_step_logits_are_close_to_llama_cpp_f32() {
     let logits = first_step_logits();
     let want = reference_first_logits();
     let err = relative_l2(&logits, &want);
-    assert!(err <= 2e-3, "relative L2 error {err:e} > 2e-3");
+    assert!(err <= 1e-3, "relative L2 error {err:e} > 1e-3");
     let top: Vec<u32> = chrysalis_models::sampling::top_k_logits(&logits, 5)
         .iter()
         .map(|t| t.0)
@@ -148,12 +146,31 @@ fn first_step_logits_are_close_to_llama_cpp_f32() {
     assert!((logits[504] - want[504]).abs() < 0.01);
 }
 
-/// The bound. Fails today at 1.37e-3: the residue is systematic (identical on
-/// every kernel path), and emulating an f16 KV cache in the reference moves it only to
-/// 0.5e-3..1.0e-3, so the reference's own arithmetic is not yet pinned down.
-/// Run with `cargo test -p chrysalis-models --test smollm2_llama -- --ignored`.
+/// The bound: relative L2 at most 1e-3 against llama.cpp's first-step logits.
+///
+/// The reference ran llama.cpp's CPU attention over its default f16 KV cache, so the
+/// engine stores keys and values in f16 and rounds where llama.cpp does (see
+/// `kv_cache::attention`). Measured relative L2 on this prompt, AVX2 path (the RoPE,
+/// RMSNorm, SiLU and softmax kernels already follow GGML's arithmetic):
+///
+/// | attention arithmetic                                         | rel. L2  |
+/// |--------------------------------------------------------------|----------|
+/// | all f32 (the former engine)                                  | 1.37e-3  |
+/// | f16 queries only                                             | 1.31e-3  |
+/// | f16 keys only                                                | 1.60e-3  |
+/// | f16 queries and keys                                         | 1.83e-3  |
+/// | f16 keys and values                                          | 1.14e-3  |
+/// | f16 queries, keys and values                                 | 1.63e-3  |
+/// | f16 keys, values and probabilities                           | 1.12e-3  |
+/// | f16 queries, keys, values, probabilities (f64 sums)          | 0.78e-3  |
+/// | the same with f32 sums: the engine now                       | 0.42e-3  |
+/// | engine now, but f32 queries                                  | 1.12e-3  |
+/// | engine now, but f32 probabilities                            | 1.54e-3  |
+/// | engine now, but f32 queries and probabilities                | 1.05e-3  |
+///
+/// Only the full set of llama.cpp's rounding points (queries converted to the cache's
+/// type for `q . k`, probabilities converted to it for `p . v`) gets under the bound.
 #[test]
-#[ignore = "relative L2 is 1.37e-3 against the 1e-3 bound; see the doc comment"]
 fn first_step_logits_match_llama_cpp_f32_within_1e_3() {
     let err = relative_l2(&first_step_logits(), &reference_first_logits());
     assert!(err <= 1e-3, "relative L2 error {err:e} > 1e-3");
@@ -190,8 +207,20 @@ fn alone(e: &Engine, prompt: &[u32], steps: usize) -> Vec<Vec<f32>> {
     out
 }
 
+/// How far one sequence's logits may move when the same tokens run in a step of another
+/// shape (other sequences beside it, or a prefill split differently).
+///
+/// The matrix kernels may sum in another order for another number of rows, which moves
+/// keys and values in their last f32 bits; the f16 cache then rounds some of them to
+/// the neighbouring f16 value, and that difference (2^-11 relative) carries through.
+/// Measured: at most 3.9e-4 (2.3e-4 with f32 queries, 1.6e-4 with f32 queries and
+/// probabilities, under 1e-4 with the former f32 cache). A wrong cache row or a
+/// sequence reading another's cache moves logits by well over 1e-2.
+const BATCH_SHAPE_TOLERANCE: f64 = 1e-3;
+
 /// Sequences join and leave a shared batch; every sequence's logits equal those of
-/// the same sequence run alone.
+/// the same sequence run alone, within [`BATCH_SHAPE_TOLERANCE`], and pick the same
+/// greedy token.
 #[test]
 fn batched_forward_equals_single_sequences_joining_and_leaving() {
     let shared = engine();
@@ -232,7 +261,7 @@ fn batched_forward_equals_single_sequences_joining_and_leaving() {
             let want = &expected[s][done[s]];
             let err = relative_l2(logits.row(row), want);
             assert!(
-                err < 1e-4,
+                err < BATCH_SHAPE_TOLERANCE,
                 "sequence {s}, step {}: relative L2 {err:e}",
                 done[s]
             );
@@ -286,7 +315,8 @@ fn rewinding_a_sequence_recomputes_the_same_logits() {
             start_pos: last,
         }])
         .unwrap();
-    assert!(relative_l2(again.row(0), first.row(0)) < 1e-4);
+    let err = relative_l2(again.row(0), first.row(0));
+    assert!(err < BATCH_SHAPE_TOLERANCE, "relative L2 {err:e}");
     assert_eq!(e.sequence_len(7), Some(prompt.len()));
 }
 
@@ -338,12 +368,14 @@ fn steps_that_cannot_run_are_refused_and_change_nothing() {
         }])
         .unwrap();
     assert_eq!(cache.len(), 4);
-    assert!(model
-        .forward(&mut [SeqBatch {
-            cache: &mut cache,
-            tokens: &[5]
-        }])
-        .is_err());
+    assert!(
+        model
+            .forward(&mut [SeqBatch {
+                cache: &mut cache,
+                tokens: &[5]
+            }])
+            .is_err()
+    );
 }
 
 #[test]
