@@ -72,10 +72,22 @@ pub(super) fn row_dot_q8(format: WeightFormat, row: &[u8], input: &super::Prepar
     }
 }
 
-/// The 6x16 register tile of the blocked matrix product; see [`super::gemm`].
-pub(super) fn micro_kernel(panel: &[f32], xgroup: &[f32], tile: &mut [f32; 96]) {
+/// The register tile of the blocked matrix product for the first `tokens` (1 to 6)
+/// tokens of a group; see [`super::gemm`]. Narrow groups get a narrower tile so decode
+/// does not spend FMAs on padding; every width runs the same per-output FMA sequence.
+pub(super) fn micro_kernel(panel: &[f32], xgroup: &[f32], tokens: usize, tile: &mut [f32; 96]) {
     // SAFETY: installed only after AVX2/FMA/F16C detection (module docs).
-    unsafe { micro_kernel_impl(panel, xgroup, tile) }
+    unsafe {
+        match tokens {
+            0 => {}
+            1 => micro_kernel_impl::<1>(panel, xgroup, tile),
+            2 => micro_kernel_impl::<2>(panel, xgroup, tile),
+            3 => micro_kernel_impl::<3>(panel, xgroup, tile),
+            4 => micro_kernel_impl::<4>(panel, xgroup, tile),
+            5 => micro_kernel_impl::<5>(panel, xgroup, tile),
+            _ => micro_kernel_impl::<6>(panel, xgroup, tile),
+        }
+    }
 }
 
 /// Reorders one input vector (a multiple of 32 long) for [`q4_1_row_dot`]: within each
@@ -584,11 +596,14 @@ unsafe fn dequantize_q4_1_row(row: &[u8], out: &mut [f32]) {
     }
 }
 
-/// 6 tokens x 16 rows: `tile[t * 16 + r] = sum_k xgroup[6k + t] * panel[16k + r]`.
+/// `T` tokens x 16 rows (`T <= 6`): `tile[t * 16 + r] = sum_k xgroup[6k + t] *
+/// panel[16k + r]`, each sum one FMA per `k` in order from zero, so the result for a
+/// token is the same for every `T` that covers it.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn micro_kernel_impl(panel: &[f32], xgroup: &[f32], tile: &mut [f32; 96]) {
+fn micro_kernel_impl<const T: usize>(panel: &[f32], xgroup: &[f32], tile: &mut [f32; 96]) {
+    const { assert!(T <= 6) };
     let depth = (panel.len() / 16).min(xgroup.len() / 6);
-    let mut acc = [[_mm256_setzero_ps(); 2]; 6];
+    let mut acc = [[_mm256_setzero_ps(); 2]; T];
     let (pw, px) = (panel.as_ptr(), xgroup.as_ptr());
     for k in 0..depth {
         // SAFETY: `k < depth` keeps the 16 panel floats at `16k` and the 6 inputs at `6k`
@@ -604,7 +619,7 @@ fn micro_kernel_impl(panel: &[f32], xgroup: &[f32], tile: &mut [f32; 96]) {
         }
     }
     for (t, row) in acc.iter().enumerate() {
-        // SAFETY: `tile` holds 96 floats; row `t < 6` writes 16 of them at `16t`.
+        // SAFETY: `tile` holds 96 floats; row `t < T <= 6` writes 16 of them at `16t`.
         unsafe {
             _mm256_storeu_ps(tile.as_mut_ptr().add(16 * t), row[0]);
             _mm256_storeu_ps(tile.as_mut_ptr().add(16 * t + 8), row[1]);

@@ -68,8 +68,8 @@ pub(crate) fn column_block(
         let width = PANEL_ROWS.min(first + count - panel_start);
         let offset = panel_start - first;
         for (g, group) in packed.chunks_exact(cols * GROUP_TOKENS).enumerate() {
-            (kernels.micro_kernel)(&panel, group, &mut tile);
             let tokens = GROUP_TOKENS.min(n - g * GROUP_TOKENS);
+            (kernels.micro_kernel)(&panel, group, tokens, &mut tile);
             for (t, tile_row) in tile.chunks_exact(PANEL_ROWS).take(tokens).enumerate() {
                 let at = (g * GROUP_TOKENS + t) * count + offset;
                 block[at..at + width].copy_from_slice(&tile_row[..width]);
@@ -79,14 +79,18 @@ pub(crate) fn column_block(
     block
 }
 
-/// The portable register tile: same contract as the SIMD ones.
-pub(crate) fn micro_kernel(panel: &[f32], xgroup: &[f32], tile: &mut [f32; 96]) {
+/// The portable register tile: same contract as the SIMD ones. Only the first `tokens`
+/// rows of `tile` are computed (the rest are left as they were); each output is
+/// `acc = acc + x[k] * w[k]` for `k` in order from zero, whatever `tokens` is, so a
+/// token's results do not depend on how many tokens share the group.
+pub(crate) fn micro_kernel(panel: &[f32], xgroup: &[f32], tokens: usize, tile: &mut [f32; 96]) {
+    let tokens = tokens.min(GROUP_TOKENS);
     let mut acc = [[0f32; PANEL_ROWS]; GROUP_TOKENS];
     for (weights, inputs) in panel
         .chunks_exact(PANEL_ROWS)
         .zip(xgroup.chunks_exact(GROUP_TOKENS))
     {
-        for (row, &x) in acc.iter_mut().zip(inputs) {
+        for (row, &x) in acc.iter_mut().zip(inputs).take(tokens) {
             for (a, &w) in row.iter_mut().zip(weights) {
                 *a += x * w;
             }

@@ -101,8 +101,9 @@ pub(crate) struct Kernels {
     pub row_dot: fn(WeightFormat, &[u8], &Prepared) -> f32,
     /// One stored weight row to f32, natural order.
     pub dequantize_row: fn(WeightFormat, &[u8], &mut [f32]),
-    /// The 6-token x 16-row register tile of the blocked product ([`gemm`]).
-    pub micro_kernel: fn(&[f32], &[f32], &mut [f32; 96]),
+    /// The register tile of the blocked product ([`gemm`]): the first `tokens` (up to
+    /// 6) tokens of a packed group x 16 rows.
+    pub micro_kernel: fn(&[f32], &[f32], usize, &mut [f32; 96]),
 }
 
 impl Kernels {
@@ -223,10 +224,6 @@ impl Default for CpuBackend {
 /// Rows a task takes at least, so tiny matrices are not split into pointless work.
 const MIN_ROWS_PER_TASK: usize = 16;
 
-/// From this many tokens on, matrix products dequantize weights into panels shared by
-/// all tokens ([`gemm`]) instead of streaming each row once per token.
-const BLOCKED_MIN_TOKENS: usize = 4;
-
 impl CpuBackend {
     /// The fastest instruction set, one thread per CPU. Falls back to a single thread
     /// if the operating system refuses to start workers.
@@ -342,8 +339,9 @@ impl CpuBackend {
         }
     }
 
-    /// Row-streaming product for few tokens: each weight row is read once and dotted
-    /// with every token while it sits in L1. Shapes were checked by `matmul`.
+    /// Row-streaming product for the 8-bit activation path: each weight row is read once
+    /// and dotted with every token while it sits in L1; each token's dot is computed
+    /// alone, so results do not depend on the batch. Shapes were checked by `matmul`.
     fn matmul_rows(&self, w: &WeightMatrix, x: &[f32], n: usize, out: &mut [f32]) {
         let (rows, cols, format) = (w.rows(), w.cols(), w.format());
         let inputs: Vec<Prepared> = x
@@ -377,8 +375,8 @@ impl CpuBackend {
         }
     }
 
-    /// Blocked product for many tokens ([`gemm`]): tasks own column blocks of whole
-    /// panels. Shapes were checked by `matmul`.
+    /// Blocked product for f32 activations, any number of tokens ([`gemm`]): tasks own
+    /// column blocks of whole panels. Shapes were checked by `matmul`.
     fn matmul_blocked(&self, w: &WeightMatrix, x: &[f32], n: usize, out: &mut [f32]) {
         let (rows, cols) = (w.rows(), w.cols());
         let packed = gemm::pack_inputs(x, n, cols);
@@ -463,8 +461,11 @@ impl Backend for CpuBackend {
             out.fill(0.0);
             return Ok(());
         }
-        // The blocked product works on f32 panels; the 8-bit path stays integer.
-        if n >= BLOCKED_MIN_TOKENS && self.precision == ActivationPrecision::F32 {
+        // Every f32 product, whatever `n`, runs the blocked tile: each output is one FMA
+        // chain over k from zero, so a token's row does not depend on how many tokens
+        // share the call (continuous batching must give a single stream's logits). The
+        // 8-bit path stays integer and row by row, which is per token already.
+        if self.precision == ActivationPrecision::F32 {
             self.matmul_blocked(w, x, n, out);
         } else {
             self.matmul_rows(w, x, n, out);
