@@ -74,7 +74,13 @@ impl Library {
         // SAFETY: c_path is a valid NUL-terminated string; dlopen has no other inputs.
         let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
         if handle.is_null() {
-            return Err(format!("{path}: {}", last_dl_error()));
+            // dlerror usually names the file already; name it once either way.
+            let reason = last_dl_error();
+            return Err(if reason.starts_with(path) {
+                reason
+            } else {
+                format!("{path}: {reason}")
+            });
         }
         Ok(Self {
             handle,
