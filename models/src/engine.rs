@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use chrysalis_kernels::Backend;
 
-use crate::chat::{ChatError, ChatMessage, ChatTemplate};
+use crate::chat::{ChatError, ChatMessage, ChatTemplate, PromptPiece};
 use crate::dir::{ModelDir, ModelError};
 use crate::kv_cache::KvCache;
 use crate::llama::{Llama, LlamaError, Logits, SeqBatch};
 use crate::merkle::Hash;
-use crate::sampling::{top_k_logits, Sampler, SamplingError, SamplingParams};
+use crate::sampling::{Sampler, SamplingError, SamplingParams, top_k_logits};
 use crate::tokenizer::Tokenizer;
 
 /// A caller's name for one sequence.
@@ -140,11 +140,7 @@ impl Generation {
 
 fn rate(count: usize, time: Duration) -> f64 {
     let secs = time.as_secs_f64();
-    if secs > 0.0 {
-        count as f64 / secs
-    } else {
-        0.0
-    }
+    if secs > 0.0 { count as f64 / secs } else { 0.0 }
 }
 
 /// A loaded model with its tokenizer, chat template, stop tokens and live sequences.
@@ -154,6 +150,9 @@ pub struct Engine {
     root: Hash,
     llama: Llama,
     tokenizer: Tokenizer,
+    /// The same tokenizer with special-token parsing off: message contents written as
+    /// `<|im_start|>` stay plain text.
+    plain_tokenizer: Tokenizer,
     chat: ChatTemplate,
     stop_tokens: Vec<u32>,
     sequences: BTreeMap<SeqId, KvCache>,
@@ -179,6 +178,7 @@ impl Engine {
             name: dir.name().to_owned(),
             root: dir.root(),
             tokenizer: dir.tokenizer().clone(),
+            plain_tokenizer: plain_text_tokenizer(dir.tokenizer()),
             chat,
             stop_tokens,
             llama,
@@ -222,10 +222,17 @@ impl Engine {
     }
 
     /// Renders a conversation with the model's template (ending with the assistant's
-    /// turn) and tokenizes it.
+    /// turn) and tokenizes it: the template's text with special tokens parsed, message
+    /// contents as plain text, so no message can write a control token.
     pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError> {
-        let rendered = self.chat.render(messages, true)?;
-        self.encode_prompt(&rendered)
+        let mut ids = Vec::new();
+        for piece in self.chat.render_pieces(messages, true)? {
+            match piece {
+                PromptPiece::Template(text) => ids.extend(self.tokenizer.encode(&text)?),
+                PromptPiece::Content(text) => ids.extend(self.plain_tokenizer.encode(&text)?),
+            }
+        }
+        Ok(ids)
     }
 
     /// Starts an empty sequence named `seq`.
@@ -370,4 +377,11 @@ impl Engine {
             })
             .collect()
     }
+}
+
+/// `tokenizer` with special tokens in the input encoded as the text they are written in.
+fn plain_text_tokenizer(tokenizer: &Tokenizer) -> Tokenizer {
+    let mut inner = tokenizer.inner().clone();
+    inner.set_encode_special_tokens(true);
+    Tokenizer::from_inner(inner)
 }
