@@ -18,7 +18,7 @@ const FORMATS: [WeightFormat; 4] = [
 /// Largest batch tried: covers every partial group of 6 tokens several times over.
 const MAX_TOKENS: usize = 20;
 
-/// `(rows, cols)` with rows that fill no whole 16-row panel; quantized formats need
+/// `(rows, cols)` with rows that are no multiple of 8 or 16; quantized formats need
 /// columns in blocks of 32, the scalar ones get an odd count.
 fn odd_shapes(format: WeightFormat) -> [(usize, usize); 2] {
     match format {
@@ -86,7 +86,7 @@ fn check_every_backend(precision: ActivationPrecision, seed: u64) {
     }
 }
 
-/// The default exact path: one blocked FMA chain per output for every batch size.
+/// The default exact path: each token dotted with each row on its own, for every n.
 #[test]
 fn f32_activations_give_each_token_the_same_bits_in_any_batch() {
     check_every_backend(ActivationPrecision::F32, 41);

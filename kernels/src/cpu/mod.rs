@@ -7,7 +7,6 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
-mod gemm;
 mod ops;
 mod portable;
 mod q8;
@@ -68,8 +67,7 @@ pub enum ActivationPrecision {
     /// llama.cpp's quantized path: each 32-value block of activations rounded to `i8`
     /// with one f16 scale (Q8_1 against Q4_1 weights, Q8_0 against Q8_0), integer dot
     /// products per block. About twice as fast on decode; results follow llama.cpp's
-    /// own Q4_1 outputs instead of the exact ones. f32 and bf16 weights stay exact, and
-    /// every product runs row by row (no f32 panels).
+    /// own Q4_1 outputs instead of the exact ones. f32 and bf16 weights stay exact.
     Q8,
 }
 
@@ -99,11 +97,6 @@ pub(crate) struct Kernels {
     pub prepare: fn(WeightFormat, &[f32], &mut Prepared),
     /// One stored weight row (of the given format) dotted with a prepared input.
     pub row_dot: fn(WeightFormat, &[u8], &Prepared) -> f32,
-    /// One stored weight row to f32, natural order.
-    pub dequantize_row: fn(WeightFormat, &[u8], &mut [f32]),
-    /// The register tile of the blocked product ([`gemm`]): the first `tokens` (up to
-    /// 6) tokens of a packed group x 16 rows.
-    pub micro_kernel: fn(&[f32], &[f32], usize, &mut [f32; 96]),
 }
 
 impl Kernels {
@@ -135,8 +128,6 @@ impl Kernels {
                 weighted_sum: portable::weighted_sum,
                 prepare: |_, x, prepared| prepared.copy_from(x),
                 row_dot: |format, row, input| portable::row_dot(format, row, &input.x),
-                dequantize_row: portable::dequantize_row,
-                micro_kernel: gemm::micro_kernel,
             },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => Self {
@@ -150,8 +141,6 @@ impl Kernels {
                     _ => prepared.copy_from(x),
                 },
                 row_dot: avx2::row_dot,
-                dequantize_row: avx2::dequantize_row,
-                micro_kernel: avx2::micro_kernel,
             },
             // `Isa::is_available` is false off x86-64, so no backend reaches this arm.
             #[cfg(not(target_arch = "x86_64"))]
@@ -327,21 +316,10 @@ impl CpuBackend {
         }
     }
 
-    /// Runs `task` on each item, on the worker pool when there is one, keeping order.
-    fn map_tasks<T, F>(&self, items: &[usize], task: F) -> Vec<T>
-    where
-        T: Send,
-        F: Fn(usize) -> T + Sync + Send,
-    {
-        match &self.pool {
-            None => items.iter().map(|&i| task(i)).collect(),
-            Some(pool) => pool.install(|| items.par_iter().map(|&i| task(i)).collect()),
-        }
-    }
-
-    /// Row-streaming product for the 8-bit activation path: each weight row is read once
-    /// and dotted with every token while it sits in L1; each token's dot is computed
-    /// alone, so results do not depend on the batch. Shapes were checked by `matmul`.
+    /// Row-streaming product: each weight row is read once and dotted with every token
+    /// while it sits in L1; each token's dot is computed alone, so results do not depend
+    /// on the batch or on the thread count (tasks split rows, never a dot). Shapes were
+    /// checked by `matmul`.
     fn matmul_rows(&self, w: &WeightMatrix, x: &[f32], n: usize, out: &mut [f32]) {
         let (rows, cols, format) = (w.rows(), w.cols(), w.format());
         let inputs: Vec<Prepared> = x
@@ -371,27 +349,6 @@ impl CpuBackend {
         for (r, per_token) in transposed.chunks_exact(n).enumerate() {
             for (t, &value) in per_token.iter().enumerate() {
                 out[t * rows + r] = value;
-            }
-        }
-    }
-
-    /// Blocked product for f32 activations, any number of tokens ([`gemm`]): tasks own
-    /// column blocks of whole panels. Shapes were checked by `matmul`.
-    fn matmul_blocked(&self, w: &WeightMatrix, x: &[f32], n: usize, out: &mut [f32]) {
-        let (rows, cols) = (w.rows(), w.cols());
-        let packed = gemm::pack_inputs(x, n, cols);
-        let task_rows = rows
-            .div_ceil(self.threads * 2)
-            .next_multiple_of(gemm::PANEL_ROWS);
-        let starts: Vec<usize> = (0..rows).step_by(task_rows).collect();
-        let blocks = self.map_tasks(&starts, |first| {
-            let count = task_rows.min(rows - first);
-            gemm::column_block(&self.kernels, w, &packed, n, first, count)
-        });
-        for (&first, block) in starts.iter().zip(&blocks) {
-            let count = task_rows.min(rows - first);
-            for (out_t, block_t) in out.chunks_exact_mut(rows).zip(block.chunks_exact(count)) {
-                out_t[first..first + count].copy_from_slice(block_t);
             }
         }
     }
@@ -461,15 +418,12 @@ impl Backend for CpuBackend {
             out.fill(0.0);
             return Ok(());
         }
-        // Every f32 product, whatever `n`, runs the blocked tile: each output is one FMA
-        // chain over k from zero, so a token's row does not depend on how many tokens
-        // share the call (continuous batching must give a single stream's logits). The
-        // 8-bit path stays integer and row by row, which is per token already.
-        if self.precision == ActivationPrecision::F32 {
-            self.matmul_blocked(w, x, n, out);
-        } else {
-            self.matmul_rows(w, x, n, out);
-        }
+        // Every product, whatever `n`, dots each token with each row on its own, so a
+        // token's outputs do not depend on how many tokens share the call: continuous
+        // batching must give a single stream's logits bit for bit. (A blocked f32 GEMM
+        // whose per-output FMA chain matched for all `n` was tried and made batch-1
+        // decode ten times slower, because the weights must be transposed into panels.)
+        self.matmul_rows(w, x, n, out);
         Ok(())
     }
 
