@@ -577,10 +577,13 @@ fn tensor_len(dims: &[u64], ggml_type: GgmlType) -> Result<u64, String> {
             "innermost dimension {first} is not a multiple of {ggml_type:?}'s block of {block_len}"
         ));
     }
-    dims.iter()
-        .skip(1)
-        .try_fold(first / block_len * block_bytes, |acc, &d| {
-            acc.checked_mul(d)
+    // Dimensions come from the file: every product is checked, the first one included.
+    (first / block_len)
+        .checked_mul(block_bytes)
+        .and_then(|row| {
+            dims.iter()
+                .skip(1)
+                .try_fold(row, |acc, &d| acc.checked_mul(d))
         })
         .ok_or_else(|| format!("dimensions {dims:?} overflow"))
 }
