@@ -1,6 +1,15 @@
 //! `cargo xtask ci`: the README's test command and what `.ci/run` calls.
+//!
+//! Order: rustfmt check, clippy with warnings as errors, the contract tests in the TON
+//! emulator (`npm test` in `contracts/`), then every Rust test of the workspace. The
+//! Rust test output is echoed as it comes and tallied into one summary line at the end.
 
-use crate::util::{cargo, run_checked, workspace_root};
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use anyhow::{bail, Context};
+
+use crate::util::{cargo, display_command, run_checked, workspace_root};
 
 /// Options of `cargo xtask ci`.
 #[derive(clap::Args)]
@@ -8,6 +17,9 @@ pub struct Args {
     /// Skip `cargo fmt --check` and clippy (tests only).
     #[arg(long)]
     tests_only: bool,
+    /// Extra arguments passed to `cargo test` after `--` (a test-name filter, say).
+    #[arg(last = true)]
+    test_args: Vec<String>,
 }
 
 /// Runs formatting and lint checks, then every test of the workspace.
@@ -25,12 +37,109 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "warnings",
         ]))?;
     }
-    run_checked(cargo().current_dir(&root).args([
-        "test",
-        "--workspace",
-        "--locked",
-        "--no-fail-fast",
-    ]))?;
-    eprintln!("xtask ci: all checks passed");
+    run_contract_tests(&root)?;
+    let tally = run_rust_tests(&root, &args.test_args)?;
+    println!(
+        "xtask ci summary: {} passed, {} failed, {} ignored in {} test binaries",
+        tally.passed, tally.failed, tally.ignored, tally.binaries
+    );
+    if tally.failed > 0 || !tally.exit_ok {
+        bail!("tests failed");
+    }
+    println!("xtask ci: all checks passed");
     Ok(())
+}
+
+/// The contract's own tests run in `@ton/sandbox`; they need `npm ci` first.
+fn run_contract_tests(root: &std::path::Path) -> anyhow::Result<()> {
+    let contracts = root.join("contracts");
+    if !contracts.join("package.json").exists() {
+        return Ok(());
+    }
+    if !contracts.join("node_modules").exists() {
+        bail!("contracts/node_modules is missing: run `npm ci --prefix contracts` first");
+    }
+    run_checked(
+        std::process::Command::new("npm")
+            .current_dir(&contracts)
+            .args(["test", "--silent"]),
+    )
+}
+
+/// Totals over every `test result:` line cargo's test harness printed.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    binaries: u64,
+    exit_ok: bool,
+}
+
+impl Tally {
+    /// Adds one harness summary line such as
+    /// `test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out`.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        self.binaries += 1;
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(label), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match label {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                "ignored" => self.ignored += count,
+                _ => {}
+            }
+        }
+    }
+}
+
+fn run_rust_tests(root: &std::path::Path, extra: &[String]) -> anyhow::Result<Tally> {
+    let mut cmd = cargo();
+    cmd.current_dir(root)
+        .args(["test", "--workspace", "--locked", "--no-fail-fast"]);
+    if !extra.is_empty() {
+        cmd.arg("--").args(extra);
+    }
+    eprintln!("$ {}", display_command(&cmd));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("could not start cargo test")?;
+    let stdout = child.stdout.take().context("cargo test has no stdout")?;
+    let mut tally = Tally::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        tally.add_line(line.trim());
+    }
+    tally.exit_ok = child.wait().context("waiting for cargo test")?.success();
+    Ok(tally)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn tally_adds_every_harness_summary() {
+        let mut tally = Tally::default();
+        tally.add_line("test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s");
+        tally.add_line(
+            "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        tally.add_line("running 5 tests");
+        assert_eq!(
+            (tally.passed, tally.failed, tally.ignored, tally.binaries),
+            (15, 2, 1, 2)
+        );
+    }
 }
