@@ -274,8 +274,7 @@ fn concurrent_sessions_match_single_stream() {
         for (i, task) in tasks.into_iter().enumerate() {
             let done = task.await.expect("join").expect("concurrent request");
             assert_eq!(
-                done.token_ids,
-                single[i],
+                done.token_ids, single[i],
                 "sequence {i} changed under batching"
             );
         }

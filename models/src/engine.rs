@@ -19,7 +19,7 @@ use crate::dir::{ModelDir, ModelError};
 use crate::kv_cache::KvCache;
 use crate::llama::{Llama, LlamaError, Logits, SeqBatch};
 use crate::merkle::Hash;
-use crate::sampling::{Sampler, SamplingError, SamplingParams, top_k_logits};
+use crate::sampling::{top_k_logits, Sampler, SamplingError, SamplingParams};
 use crate::tokenizer::Tokenizer;
 
 /// A caller's name for one sequence.
@@ -140,7 +140,11 @@ impl Generation {
 
 fn rate(count: usize, time: Duration) -> f64 {
     let secs = time.as_secs_f64();
-    if secs > 0.0 { count as f64 / secs } else { 0.0 }
+    if secs > 0.0 {
+        count as f64 / secs
+    } else {
+        0.0
+    }
 }
 
 /// A loaded model with its tokenizer, chat template, stop tokens and live sequences.

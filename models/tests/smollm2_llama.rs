@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use chrysalis_kernels::CpuBackend;
-use chrysalis_models::ModelDir;
 use chrysalis_models::engine::{Engine, GenerateOptions, SeqStep, StopReason};
 use chrysalis_models::llama::SeqBatch;
-use chrysalis_models::sampling::{SamplingParams, argmax};
+use chrysalis_models::sampling::{argmax, SamplingParams};
+use chrysalis_models::ModelDir;
 
 const MODEL: &str = "smollm2-135m";
 
@@ -368,14 +368,12 @@ fn steps_that_cannot_run_are_refused_and_change_nothing() {
         }])
         .unwrap();
     assert_eq!(cache.len(), 4);
-    assert!(
-        model
-            .forward(&mut [SeqBatch {
-                cache: &mut cache,
-                tokens: &[5]
-            }])
-            .is_err()
-    );
+    assert!(model
+        .forward(&mut [SeqBatch {
+            cache: &mut cache,
+            tokens: &[5]
+        }])
+        .is_err());
 }
 
 #[test]
