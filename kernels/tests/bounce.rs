@@ -17,11 +17,12 @@ const PROMPT: &str = "<|im_start|>system\nYou are a helpful AI assistant named S
 trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?\
 <|im_end|>\n<|im_start|>assistant\n";
 
-/// Real model output bytes: SmolLM2-135M's 49152 first-step logits (192 KiB, 3 chunks).
+/// Real model output bytes: SmolLM2-135M's 49152 first-step logits (192 KiB, 3 chunks),
+/// from the copy of the shared fixture that the models crate's tests keep.
 fn fixture_logits() -> Vec<u8> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/smollm2/capital_of_france.f32.first_logits.f32le"
+        "/../models/tests/data/capital_of_france.f32.first_logits.f32le"
     );
     std::fs::read(path).unwrap_or_else(|e| panic!("fixture {path} missing: {e}"))
 }
