@@ -9,7 +9,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrysalis_protocol::ProtocolError;
-use chrysalis_protocol::{FrameHeader, HEADER_LEN};
+use chrysalis_protocol::{Frame, FrameHeader, HEADER_LEN};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// How long connecting to the enclave may take before the shim reports it down.
@@ -101,27 +101,7 @@ impl EnclaveAddr {
 /// length under the maximum) and a body of exactly the announced length. The body
 /// itself is opaque to the shim.
 pub fn check_frame(bytes: &[u8]) -> Result<(), ProtocolError> {
-    let (head, body) = bytes
-        .split_first_chunk::<HEADER_LEN>()
-        .ok_or(ProtocolError::Truncated {
-            what: "frame header",
-            needed: HEADER_LEN,
-            found: bytes.len(),
-        })?;
-    let header = FrameHeader::parse(head)?;
-    let announced = header.body_len as usize;
-    match body.len() {
-        n if n < announced => Err(ProtocolError::Truncated {
-            what: "frame body",
-            needed: announced,
-            found: n,
-        }),
-        n if n > announced => Err(ProtocolError::TrailingBytes {
-            what: "frame",
-            extra: n - announced,
-        }),
-        _ => Ok(()),
-    }
+    Frame::parse_exact(bytes).map(|_| ())
 }
 
 /// Writes one whole frame (already checked with [`check_frame`]).
