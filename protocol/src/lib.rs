@@ -47,7 +47,7 @@ pub use frame::{
 };
 pub use keys::{EnclaveKeys, ED25519_SEED_INFO, X25519_SEED_INFO};
 pub use messages::{
-    ChargeBoc, ChatMessage, ErrorCode, ErrorMessage, EvidenceRequest, FinishReason,
+    CertBundle, ChargeBoc, ChatMessage, ErrorCode, ErrorMessage, EvidenceRequest, FinishReason,
     InferenceRequest, PlainMessage, Prompt, ResponseEnd, Role, SamplingParams, SealedMessage,
     SessionAccept, SessionOpen, StreamChunk, Usage, MAX_CHAT_MESSAGES, MAX_CHUNK_TOKENS,
     MAX_ERROR_MESSAGE_LEN, REQUEST_HASH_LABEL,

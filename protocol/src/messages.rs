@@ -80,6 +80,29 @@ pub struct ChargeBoc {
     pub boc: Vec<u8>,
 }
 
+/// Shim to enclave, plain: certificates that endorse the enclave's SEV-SNP reports,
+/// leaf first (VCEK or VLEK, then ASK or ASVK, then ARK; DER or PEM), which the shim
+/// read from a file or fetched from AMD's key distribution service.
+///
+/// Untrusted: the enclave keeps a bundle only when it verifies one of its own reports
+/// against the pinned AMD root, and hands it out with its evidence only when the
+/// firmware's extended report carries no certificates. The enclave sends no answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertBundle {
+    /// The certificates (at most [`crate::MAX_CERTS`] of [`crate::MAX_CERT_LEN`] bytes).
+    pub certs: Vec<Vec<u8>>,
+}
+
+impl CertBundle {
+    fn check_bounds(&self) -> Result<(), ProtocolError> {
+        check_len("certificate bundle", self.certs.len(), crate::MAX_CERTS)?;
+        for cert in &self.certs {
+            check_len("bundled certificate", cert.len(), crate::MAX_CERT_LEN)?;
+        }
+        Ok(())
+    }
+}
+
 /// Messages carried in plain frames, visible to the untrusted shim.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PlainMessage {
@@ -95,6 +118,8 @@ pub enum PlainMessage {
     Charge(ChargeBoc),
     /// Either side reports a failure outside a session.
     Error(ErrorMessage),
+    /// The shim hands the enclave certificates for its reports (no answer follows).
+    CertBundle(CertBundle),
 }
 
 /// Who wrote a chat message.
@@ -280,6 +305,7 @@ impl WireMessage for PlainMessage {
         match self {
             PlainMessage::EvidenceResponse(evidence) => evidence.check_bounds(),
             PlainMessage::Error(error) => error.check_bounds(),
+            PlainMessage::CertBundle(bundle) => bundle.check_bounds(),
             PlainMessage::Charge(charge) => check_len(
                 "charge boc",
                 charge.boc.len(),

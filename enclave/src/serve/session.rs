@@ -161,6 +161,7 @@ fn plain_name(m: &PlainMessage) -> &'static str {
         PlainMessage::SessionAccept(_) => "a session accept",
         PlainMessage::Charge(_) => "a charge",
         PlainMessage::Error(_) => "an error",
+        PlainMessage::CertBundle(_) => "a certificate bundle",
     }
 }
 
