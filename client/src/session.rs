@@ -160,6 +160,11 @@ impl Session {
                     });
                 }
                 SealedMessage::Error(e) => return Err(refused(e)),
+                SealedMessage::Bill(_) => {
+                    return Err(SessionError::Closed(
+                        "the enclave sent a bill, but no payment channel is bound".into(),
+                    ))
+                }
                 SealedMessage::Request(_) => {
                     return Err(SessionError::Closed("the enclave sent a request".into()))
                 }

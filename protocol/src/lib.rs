@@ -34,6 +34,7 @@ mod sealed;
 mod signing;
 mod version;
 
+pub mod billing;
 pub mod ton;
 
 pub use codec::{check_len, WireMessage};

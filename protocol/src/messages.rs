@@ -120,6 +120,10 @@ pub enum PlainMessage {
     Error(ErrorMessage),
     /// The shim hands the enclave certificates for its reports (no answer follows).
     CertBundle(CertBundle),
+    /// Client binds its session to a payment channel ([`crate::billing`]).
+    ChannelBind(crate::billing::ChannelBind),
+    /// Shim reports what the chain holds for the bound channel ([`crate::billing`]).
+    ChannelStatus(crate::billing::ChannelStatus),
 }
 
 /// Who wrote a chat message.
@@ -269,6 +273,8 @@ pub enum SealedMessage {
     End(ResponseEnd),
     /// Either side reports a failure inside the session.
     Error(ErrorMessage),
+    /// Enclave bills a response on the bound channel, before its [`ResponseEnd`].
+    Bill(Signed<crate::billing::Bill>),
 }
 
 impl WireMessage for ErrorMessage {
@@ -311,6 +317,8 @@ impl WireMessage for PlainMessage {
                 charge.boc.len(),
                 crate::ton::MAX_SIGNED_CHARGE_BOC,
             ),
+            PlainMessage::ChannelBind(bind) => bind.check_bounds(),
+            PlainMessage::ChannelStatus(status) => status.check_bounds(),
             PlainMessage::EvidenceRequest(_)
             | PlainMessage::SessionOpen(_)
             | PlainMessage::SessionAccept(_) => Ok(()),
@@ -327,6 +335,7 @@ impl WireMessage for SealedMessage {
             SealedMessage::Chunk(chunk) => chunk.check_bounds(),
             SealedMessage::Error(error) => error.check_bounds(),
             SealedMessage::End(_) => Ok(()),
+            SealedMessage::Bill(bill) => bill.body.check_bounds(),
         }
     }
 }

@@ -53,6 +53,9 @@ pub const MIN_MESSAGE_FEE: u128 = 10_000_000;
 /// Largest amount a `Coins` field holds: 15 bytes.
 pub const MAX_COINS: u128 = (1u128 << 120) - 1;
 
+/// Largest serialised channel configuration accepted from outside: one cell.
+pub const MAX_CHANNEL_CONFIG_BOC: usize = 256;
+
 /// Largest serialised signed charge accepted from outside: two small cells.
 pub const MAX_SIGNED_CHARGE_BOC: usize = 512;
 
@@ -259,6 +262,17 @@ fn visit(
     post.push(node);
 }
 
+/// Refuses serialised bytes longer than a layout allows, before any parsing.
+fn check_boc_len(bytes: &[u8], max: usize) -> Result<(), TonError> {
+    if bytes.len() > max {
+        return Err(TonError::TooLong {
+            found: bytes.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
 /// Parses a BOC with exactly one root and at most `max_cells` cells.
 ///
 /// The header is checked here first: `tonlib-core` allocates for the cell count a
@@ -420,6 +434,36 @@ impl ChannelConfig {
         Ok(b.build()?)
     }
 
+    /// Parses a `channel_config$_` cell, refusing trailing data.
+    pub fn from_config_cell(cell: &Cell) -> Result<Self, TonError> {
+        let mut p = cell.parser();
+        let client = p.load_address()?;
+        let provider = p.load_address()?;
+        let mut enclave_key = [0u8; 32];
+        p.load_slice(&mut enclave_key)?;
+        let config = Self {
+            client,
+            provider,
+            enclave_key,
+            channel_id: p.load_u64(64)?,
+            close_delay: p.load_u32(32)?,
+            min_stake: coins_to_u128(&p.load_coins()?)?,
+        };
+        p.ensure_empty()?;
+        Ok(config)
+    }
+
+    /// The configuration cell as a BOC, for a client to name its channel.
+    pub fn to_boc(&self) -> Result<Vec<u8>, TonError> {
+        to_boc(&self.config_cell()?)
+    }
+
+    /// Parses a configuration BOC from an untrusted source (one cell, bounded).
+    pub fn from_boc(bytes: &[u8]) -> Result<Self, TonError> {
+        check_boc_len(bytes, MAX_CHANNEL_CONFIG_BOC)?;
+        Self::from_config_cell(from_boc(bytes, 1)?.as_ref())
+    }
+
     /// The initial `storage$_` cell: nothing deposited, nothing paid, open.
     pub fn initial_data_cell(&self) -> Result<Cell, TonError> {
         let zero = BigUint::from(0u8);
@@ -570,12 +614,7 @@ impl SignedCharge {
 
     /// Parses bytes from an untrusted source; bounded before any parsing.
     pub fn from_boc(bytes: &[u8]) -> Result<Self, TonError> {
-        if bytes.len() > MAX_SIGNED_CHARGE_BOC {
-            return Err(TonError::TooLong {
-                found: bytes.len(),
-                max: MAX_SIGNED_CHARGE_BOC,
-            });
-        }
+        check_boc_len(bytes, MAX_SIGNED_CHARGE_BOC)?;
         let root = from_boc(bytes, SIGNED_CHARGE_CELLS)?;
         let mut p = root.parser();
         let mut signature = [0u8; 64];
@@ -711,6 +750,18 @@ pub fn internal_message(
 /// The state init as a cell (for wallets that take it separately).
 pub fn state_init_cell(init: &StateInit) -> Result<Cell, TonError> {
     Ok(init.to_cell()?)
+}
+
+/// The address of the wallet v5r1 (base workchain, mainnet wallet id) that the
+/// Ed25519 public key `public_key` controls; what [`WalletV5::address`] gives for
+/// the matching secret key.
+pub fn wallet_v5_address(public_key: &[u8; 32]) -> Result<TonAddress, TonError> {
+    let pair = KeyPair {
+        public_key: public_key.to_vec(),
+        // Deriving the address reads only the public key.
+        secret_key: Vec::new(),
+    };
+    Ok(TonWallet::new(WalletVersion::V5R1, pair)?.address)
 }
 
 /// A wallet v5r1 (`subwallet` = mainnet default) signing internal messages.
@@ -851,6 +902,32 @@ mod tests {
             let junk: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
             assert!(SignedCharge::from_boc(&junk).is_err());
         }
+    }
+
+    #[test]
+    fn channel_config_round_trips_through_its_boc() {
+        let cfg = sample_config();
+        let back = ChannelConfig::from_boc(&cfg.to_boc().expect("boc")).expect("parse");
+        assert_eq!(back, cfg);
+        assert!(matches!(
+            ChannelConfig::from_boc(&[0u8; MAX_CHANNEL_CONFIG_BOC + 1]),
+            Err(TonError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn wallet_address_from_public_key_matches_the_wallet() {
+        let key = SigningKey::from_bytes(&[5u8; 32]);
+        let wallet = WalletV5::new(&key).expect("wallet");
+        let derived = wallet_v5_address(key.verifying_key().as_bytes()).expect("address");
+        assert_eq!(&derived, wallet.address());
+        let other = wallet_v5_address(
+            &SigningKey::from_bytes(&[6u8; 32])
+                .verifying_key()
+                .to_bytes(),
+        )
+        .expect("address");
+        assert_ne!(&other, wallet.address());
     }
 
     #[test]

@@ -162,6 +162,8 @@ fn plain_name(m: &PlainMessage) -> &'static str {
         PlainMessage::Charge(_) => "a charge",
         PlainMessage::Error(_) => "an error",
         PlainMessage::CertBundle(_) => "a certificate bundle",
+        PlainMessage::ChannelBind(_) => "a channel bind",
+        PlainMessage::ChannelStatus(_) => "a channel status",
     }
 }
 
