@@ -144,6 +144,16 @@ pub fn resolve_model(name_or_dir: &str) -> PathBuf {
 
 /// Opens and verifies a model directory, with a hint to fetch it when it is missing.
 pub fn open_model(name_or_dir: &str) -> anyhow::Result<ModelDir> {
+    open_model_expecting(name_or_dir, None)
+}
+
+/// Like [`open_model`], and when `expected_root` is given the directory's Merkle root
+/// must equal it: in the guest image that root comes from the measured kernel command
+/// line, so a model disk the host swapped is refused before any weight is used.
+pub fn open_model_expecting(
+    name_or_dir: &str,
+    expected_root: Option<[u8; 32]>,
+) -> anyhow::Result<ModelDir> {
     let path = resolve_model(name_or_dir);
     if !path.is_dir() {
         bail!(
@@ -152,7 +162,11 @@ pub fn open_model(name_or_dir: &str) -> anyhow::Result<ModelDir> {
             path.display()
         );
     }
-    ModelDir::open(&path).with_context(|| format!("loading the model at {}", path.display()))
+    match expected_root {
+        Some(root) => ModelDir::open_expecting(&path, root),
+        None => ModelDir::open(&path),
+    }
+    .with_context(|| format!("loading the model at {}", path.display()))
 }
 
 /// Runs the command.

@@ -42,8 +42,20 @@ pub struct BootParams {
     pub config: Option<String>,
     /// `chrysalis.ip`: dev only, `ADDR/PREFIX` for eth0 (QEMU user networking).
     pub ip: Option<(Ipv4Addr, u8)>,
-    /// `chrysalis.serve`: dev only, the `--listen` address of the server.
+    /// `chrysalis.serve`: dev only, the `--listen` address of the server (default: the
+    /// configuration's vsock port).
     pub serve: Option<String>,
+    /// `chrysalis.dev=1`: dev only, serve with simulated evidence (the server still
+    /// refuses that on SNP hardware). Any of the dev settings changes the measured
+    /// command line, so clients checking the launch digest never accept such a guest.
+    pub dev: bool,
+}
+
+/// The part of the static configuration `/init` acts on.
+#[derive(Debug, serde::Deserialize)]
+struct StaticConfig {
+    /// The vsock port the server listens on when no `chrysalis.serve` is given.
+    vsock_port: u32,
 }
 
 /// Parses the `chrysalis.*` settings of a kernel command line; other words are ignored,
@@ -68,6 +80,7 @@ pub fn parse_cmdline(line: &str) -> (BootParams, Vec<String>) {
                 None => problems.push(format!("chrysalis.ip={value:?} is not ADDR/PREFIX")),
             },
             "serve" => params.serve = Some(value.to_owned()),
+            "dev" => params.dev = value == "1",
             _ => problems.push(format!("unknown setting chrysalis.{key}")),
         }
     }
@@ -103,7 +116,7 @@ pub fn run() -> ! {
     for problem in &problems {
         log(problem);
     }
-    let config_ok = check_config(params.config.as_deref());
+    let config = check_config(params.config.as_deref());
     if let Some((addr, prefix)) = params.ip {
         configure_network(addr, prefix);
     }
@@ -112,12 +125,20 @@ pub fn run() -> ! {
         "ready (pid 1, modules {loaded}, model {}, model_root {}, config {}, model disk {}, {} ms)",
         params.model.as_deref().unwrap_or("-"),
         params.model_root.as_deref().unwrap_or("-"),
-        if config_ok { "verified" } else { "UNVERIFIED" },
+        if config.is_some() { "verified" } else { "UNVERIFIED" },
         if models { "mounted" } else { "absent" },
         started.elapsed().as_millis()
     ));
-    if let Some(listen) = &params.serve {
-        start_server(listen, &params);
+    match (config, models) {
+        (Some(config), true) => {
+            let listen = params
+                .serve
+                .clone()
+                .unwrap_or_else(|| format!("vsock:{}", config.vsock_port));
+            start_server(&listen, &params);
+        }
+        (None, _) => log("not serving: the static configuration is not the measured one"),
+        (_, false) => log("not serving: no model disk"),
     }
     reap_forever()
 }
@@ -208,28 +229,24 @@ fn read_cmdline() -> String {
 }
 
 /// Whether the static configuration's SHA-256 equals the measured `chrysalis.config`.
-fn check_config(expected: Option<&str>) -> bool {
+fn check_config(expected: Option<&str>) -> Option<StaticConfig> {
     let Some(expected) = expected else {
         log("no chrysalis.config on the command line: the configuration is not bound");
-        return false;
+        return None;
     };
-    match fs::read(CONFIG_FILE) {
-        Ok(bytes) => {
-            let found = hex::encode(Sha256::digest(&bytes));
-            if found.eq_ignore_ascii_case(expected) {
-                true
-            } else {
-                log(&format!(
-                    "{CONFIG_FILE} has SHA-256 {found}, the command line expects {expected}"
-                ));
-                false
-            }
-        }
-        Err(e) => {
-            log(&format!("could not read {CONFIG_FILE}: {e}"));
-            false
-        }
+    let bytes = fs::read(CONFIG_FILE)
+        .map_err(|e| log(&format!("could not read {CONFIG_FILE}: {e}")))
+        .ok()?;
+    let found = hex::encode(Sha256::digest(&bytes));
+    if !found.eq_ignore_ascii_case(expected) {
+        log(&format!(
+            "{CONFIG_FILE} has SHA-256 {found}, the command line expects {expected}"
+        ));
+        return None;
     }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| log(&format!("{CONFIG_FILE} is not the expected JSON: {e}")))
+        .ok()
 }
 
 /// Mounts the model disk read-only when there is one.
@@ -352,6 +369,12 @@ fn start_server(listen: &str, params: &BootParams) {
     let mut cmd = Command::new("/proc/self/exe");
     cmd.args(["serve", "--listen", listen, "--model"])
         .arg(format!("{MODEL_MOUNT}/{model}"));
+    if let Some(root) = &params.model_root {
+        cmd.args(["--model-root", root]);
+    }
+    if params.dev {
+        cmd.arg("--dev");
+    }
     match cmd.spawn() {
         Ok(child) => log(&format!("server started (pid {}) on {listen}", child.id())),
         Err(e) => log(&format!("could not start the server: {e}")),
@@ -382,13 +405,14 @@ mod tests {
         let root = "ab".repeat(32);
         let line = format!(
             "console=ttyS0 panic=-1 chrysalis.model=smollm2-135m chrysalis.model_root={root} \
-             chrysalis.config=xyz chrysalis.ip=10.0.2.15/24 chrysalis.bogus=1"
+             chrysalis.config=xyz chrysalis.ip=10.0.2.15/24 chrysalis.bogus=1 chrysalis.dev=1"
         );
         let (params, problems) = parse_cmdline(&line);
         assert_eq!(params.model.as_deref(), Some("smollm2-135m"));
         assert_eq!(params.model_root.as_deref(), Some(root.as_str()));
         assert_eq!(params.config, None);
         assert_eq!(params.ip, Some((Ipv4Addr::new(10, 0, 2, 15), 24)));
+        assert!(params.dev);
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems.iter().any(|p| p.contains("chrysalis.config")));
         assert!(problems.iter().any(|p| p.contains("bogus")));

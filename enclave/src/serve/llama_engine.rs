@@ -18,11 +18,16 @@ pub struct LlamaEngine {
 }
 
 impl LlamaEngine {
-    /// Loads and verifies the model directory (`threads`: 0 or `None` for all cores).
-    pub fn load(name_or_dir: &str, threads: Option<usize>) -> anyhow::Result<Self> {
+    /// Loads and verifies the model directory (`threads`: 0 or `None` for all cores);
+    /// with `expected_root`, its Merkle root must equal that one.
+    pub fn load(
+        name_or_dir: &str,
+        expected_root: Option<[u8; 32]>,
+        threads: Option<usize>,
+    ) -> anyhow::Result<Self> {
         let backend =
             CpuBackend::with_threads(threads.unwrap_or(0)).context("starting the CPU backend")?;
-        let dir = crate::generate::open_model(name_or_dir)?;
+        let dir = crate::generate::open_model_expecting(name_or_dir, expected_root)?;
         let engine = Engine::load(dir, Arc::new(backend)).context("building the model")?;
         Ok(Self { engine })
     }

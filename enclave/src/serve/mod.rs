@@ -37,6 +37,10 @@ pub struct Args {
     /// (for example smollm2-135m, installed by `cargo xtask fetch-model`).
     #[arg(long, value_name = "NAME_OR_DIR")]
     pub model: String,
+    /// Refuse to serve unless the model's Merkle root is this one (64 hex digits). The
+    /// guest's `/init` passes the root from the measured kernel command line.
+    #[arg(long, value_name = "HEX", value_parser = parse_root)]
+    pub model_root: Option<[u8; 32]>,
     /// Development mode: random keys and SIMULATED evidence. INSECURE: the evidence
     /// proves nothing; clients refuse it unless told --allow-simulated.
     #[arg(long)]
@@ -167,6 +171,14 @@ impl Server {
     }
 }
 
+/// Parses `--model-root`: exactly 64 hex digits.
+fn parse_root(text: &str) -> Result<[u8; 32], String> {
+    let mut root = [0u8; 32];
+    hex::decode_to_slice(text, &mut root)
+        .map_err(|e| format!("expected 64 hex digits (a SHA-256 Merkle root), got {text:?}: {e}"))?;
+    Ok(root)
+}
+
 /// Loads the model, starts the engine thread and serves until killed.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let _ = tracing_subscriber::fmt()
@@ -183,7 +195,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     eprintln!("chrysalis-enclave: DEV MODE: simulated evidence, random keys. INSECURE: nothing here is attested.");
-    let engine = llama_engine::LlamaEngine::load(&args.model, args.threads)?;
+    let engine = llama_engine::LlamaEngine::load(&args.model, args.model_root, args.threads)?;
     let model_root = engine.model_root();
     let limits = Limits {
         max_prompt_tokens: args.max_prompt_tokens,
