@@ -4,152 +4,21 @@
 //! Needs the model: `cargo xtask fetch-model smollm2-135m`. The enclave and shim
 //! binaries are built on demand in the same profile as this test.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod common;
 
-use chrysalis_client::attest::TrustOptions;
+use std::process::Command;
+
 use chrysalis_client::session::{Session, SessionError};
 use chrysalis_client::transport::Endpoint;
-use chrysalis_protocol::{ChatMessage, InferenceRequest, Prompt, Role, SamplingParams};
-
-const MODEL: &str = "smollm2-135m";
-const QUESTION: &str = "What is the capital of France?";
-/// Greedy ids of "The capital of France is Paris.<|im_end|>" (shared fixture).
-const PARIS: [u32; 8] = [504, 3575, 282, 4649, 314, 7042, 30, 2];
-
-fn target_dir() -> PathBuf {
-    // tests run from target/<profile>/deps/<name>
-    let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(|d| d.parent())
-        .expect("target profile directory")
-        .to_path_buf()
-}
-
-fn binary(name: &str) -> PathBuf {
-    let path = target_dir().join(name);
-    if !path.exists() {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "-p",
-                "chrysalis-enclave",
-                "-p",
-                "chrysalis-shim",
-                "-p",
-                "chrysalis-client",
-            ])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building the binaries failed");
-    }
-    path
-}
-
-fn model_dir() -> PathBuf {
-    let home = std::env::var_os("CHRYSALIS_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/chrysalis")
-        });
-    let dir = home.join("models").join(MODEL);
-    assert!(
-        dir.join("manifest.json").is_file(),
-        "model missing at {}: run `cargo xtask fetch-model {MODEL}`",
-        dir.display()
-    );
-    dir
-}
-
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts a command and waits for "listening on ADDR" on its stdout.
-fn start(mut cmd: Command) -> (Proc, String) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some((_, rest)) = line.split_once("listening on ") {
-                let _ = tx.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(300))
-        .expect("service ready line");
-    (Proc(child), addr)
-}
-
-struct Stack {
-    _shim: Proc,
-    _enclave: Proc,
-    url: String,
-}
+use common::{
+    binary, chat_request, insecure_trust, model_dir, Stack, StackOptions, PARIS, QUESTION,
+};
 
 fn stack(extra: &[&str]) -> Stack {
-    let model = model_dir();
-    let mut enclave = Command::new(binary("chrysalis-enclave"));
-    enclave
-        .args(["serve", "--listen", "tcp:127.0.0.1:0", "--dev", "--model"])
-        .arg(&model)
-        .args(extra);
-    let (enclave, enclave_addr) = start(enclave);
-    let mut shim = Command::new(binary("chrysalis-shim"));
-    shim.args([
-        "serve",
-        "--enclave",
-        &enclave_addr,
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    let (shim, url) = start(shim);
-    Stack {
-        _shim: shim,
-        _enclave: enclave,
-        url,
-    }
-}
-
-fn chat_request(question: &str, max_tokens: u32) -> InferenceRequest {
-    InferenceRequest {
-        request_id: 7,
-        prompt: Prompt::Chat(vec![ChatMessage {
-            role: Role::User,
-            content: question.to_owned(),
-        }]),
-        max_tokens,
-        sampling: SamplingParams::GREEDY,
-        stream: true,
-    }
-}
-
-fn insecure_trust() -> TrustOptions {
-    TrustOptions {
-        allow_simulated: true,
-        manifests: None,
-    }
+    Stack::start(StackOptions {
+        enclave_args: extra,
+        ..StackOptions::default()
+    })
 }
 
 #[test]
