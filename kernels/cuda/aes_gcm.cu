@@ -5,8 +5,9 @@
 // the tag check and the decryption):
 //   1. aes256_expand_key   (1 thread)   key (32 B, device memory) -> 60 round-key words
 //   2. gcm_ghash_segments  (n threads)  each thread hashes a contiguous run of blocks
-//   3. gcm_finish          (1 thread)   combines the runs with powers of H, forms the tag,
-//                                       compares it in constant time -> *status
+//                                       and scales it by the power of H that follows it
+//   3. gcm_finish          (1 thread)   XORs the runs, forms the tag, compares it in
+//                                       constant time -> *status
 //   4. gcm_ctr_xor         (n threads)  CTR keystream; on decrypt it does nothing unless
 //                                       *status says the tag verified
 // IV is 96 bits, so J0 = IV || 0^31 || 1 and the data counters start at 2 (SP 800-38D).
@@ -136,20 +137,24 @@ __device__ Block128 ghash_input(u64 i, const u8* aad, u64 aad_len, const u8* dat
     return lens;
 }
 
-// Thread t hashes blocks [t * per, min((t + 1) * per, total)) into partials[t].
+// Thread t hashes blocks [t * per, min((t + 1) * per, total)) and multiplies the result
+// by H^(blocks after its run), so partials[t] is its run's share of the final GHASH and
+// gcm_finish only XORs the shares (the powers are computed in parallel, not in finish).
 extern "C" __global__ void gcm_ghash_segments(const u32* rk, const u8* aad, u64 aad_len,
                                               const u8* data, u64 len, u64 per,
                                               u64 n_segments, Block128* partials) {
     u64 t = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= n_segments) return;
     u64 total = (aad_len + 15) / 16 + (len + 15) / 16 + 1;
+    u64 end = (t + 1) * per < total ? (t + 1) * per : total;
     Block128 h = hash_subkey(rk), y = {0, 0};
-    for (u64 i = t * per; i < (t + 1) * per && i < total; i++) {
+    for (u64 i = t * per; i < end; i++) {
         Block128 x = ghash_input(i, aad, aad_len, data, len);
         y.hi ^= x.hi; y.lo ^= x.lo;
         y = gf_mul(y, h);
     }
-    partials[t] = y;
+    // gf_pow(h, 0) is one, so the last run passes through unchanged.
+    partials[t] = gf_mul(y, gf_pow(h, total - end));
 }
 
 __device__ void counter_block(const u8* iv, u32 counter, u8 out[16]) {
@@ -158,19 +163,17 @@ __device__ void counter_block(const u8* iv, u32 counter, u8 out[16]) {
     out[14] = (u8)(counter >> 8); out[15] = (u8)counter;
 }
 
-// Combines the segments: GHASH = sum_t partials[t] * H^(blocks after segment t), then
-// tag = GHASH ^ E(K, J0). With expected != 0 it compares in constant time and writes
-// *status = 1 on a match, 0 otherwise; it always writes the computed tag to tag_out.
+// Combines the segments: GHASH = XOR of partials[t], then tag = GHASH ^ E(K, J0). With
+// expected != 0 it compares in constant time and writes *status = 1 on a match, 0
+// otherwise; it always writes the computed tag to tag_out.
 extern "C" __global__ void gcm_finish(const u32* rk, const u8* iv, const Block128* partials,
-                                      u64 n_segments, u64 per, u64 total_blocks,
-                                      const u8* expected, u8* tag_out, u32* status) {
+                                      u64 n_segments, const u8* expected, u8* tag_out,
+                                      u32* status) {
     if (blockIdx.x != 0 || threadIdx.x != 0) return;
-    Block128 h = hash_subkey(rk), s = {0, 0};
+    Block128 s = {0, 0};
     for (u64 t = 0; t < n_segments; t++) {
-        u64 end = (t + 1) * per < total_blocks ? (t + 1) * per : total_blocks;
-        Block128 term = gf_mul(partials[t], gf_pow(h, total_blocks - end));
-        // gf_pow(h, 0) is one, so the last segment passes through unchanged.
-        s.hi ^= term.hi; s.lo ^= term.lo;
+        s.hi ^= partials[t].hi;
+        s.lo ^= partials[t].lo;
     }
     u8 j0[16];
     counter_block(iv, 1, j0);

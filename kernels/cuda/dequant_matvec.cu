@@ -4,8 +4,8 @@
 // One warp per output row; lanes stride over the row's 32-value blocks.
 //   Q4_1 block (20 B): d f16, m f16, 16 B nibbles (low = values 0..16, high = 16..32)
 //   Q8_0 block (34 B): d f16, 32 x i8
-// out (rows) = w (rows, cols) @ x (cols); the prefill path calls it per token or
-// converts to f16 for cuBLAS (see docs/gpu.md).
+// out (n, rows) = x (n, cols) @ w^T for w (rows, cols), launched with gridDim.y = n; the
+// dequant_*_to_f16 kernels are there for an f16 cuBLAS prefill GEMM (see docs/gpu.md).
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 
@@ -42,11 +42,16 @@ __device__ float dot_q8_0(const u8* blk, const float* xb) {
     return load_f16(blk) * dot;
 }
 
-// One warp per output row: lanes take every 32nd block, then a warp reduction.
+// One warp per output row and token (blockIdx.y is the token): lanes take every 32nd
+// block, then a warp reduction. Each token's dot is computed alone, in the same order
+// whatever the number of tokens, so a token's output does not depend on its batch
+// (continuous batching must give a single stream's logits bit for bit).
 template <int BLOCK_BYTES, float (*DOT)(const u8*, const float*)>
 __device__ void matvec_blocks(const u8* w, const float* x, float* out, u32 rows, u32 cols) {
     u32 row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
+    x += (size_t)blockIdx.y * cols;
+    out += (size_t)blockIdx.y * rows;
     u32 blocks = cols / 32;
     const u8* r = w + (size_t)row * blocks * BLOCK_BYTES;
     float acc = 0.f;

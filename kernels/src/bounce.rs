@@ -419,6 +419,47 @@ fn tag_of(bytes: &[u8]) -> Tag {
     tag
 }
 
+/// `offset..offset + len` if it lies within a device buffer of `buffer_len` bytes.
+pub fn buffer_range(
+    buffer_len: usize,
+    offset: usize,
+    len: usize,
+) -> Result<std::ops::Range<usize>, BounceError> {
+    match offset.checked_add(len).filter(|&end| end <= buffer_len) {
+        Some(end) => Ok(offset..end),
+        None => Err(BounceError::OutOfRange {
+            len: buffer_len,
+            offset,
+            end: offset.saturating_add(len),
+        }),
+    }
+}
+
+/// The device side's record of the IV counters it has used: each direction's counter
+/// must only go up, so a replayed or reordered chunk is refused before any decryption.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeviceCounters {
+    last: [Option<u64>; 2],
+}
+
+impl DeviceCounters {
+    /// Accepts `header.counter` if it is above the last one used in its direction.
+    pub fn take(&mut self, header: &ChunkHeader) -> Result<(), BounceError> {
+        let last = &mut self.last[header.direction.index()];
+        if let Some(prev) = *last {
+            if header.counter <= prev {
+                return Err(BounceError::CounterReuse {
+                    direction: header.direction,
+                    found: header.counter,
+                    last: prev,
+                });
+            }
+        }
+        *last = Some(header.counter);
+        Ok(())
+    }
+}
+
 /// A test double for a GPU (named so): "device memory" is ordinary heap memory and the
 /// device-side AES-GCM is the `aes-gcm` crate, so the protocol is tested without a GPU.
 /// It enforces what the CUDA side enforces: a key must be installed, counters only go
@@ -427,7 +468,7 @@ pub struct CpuStandInDevice {
     cipher: Option<Aes256Gcm>,
     staging: Vec<u8>,
     buffers: Vec<Vec<u8>>,
-    last_counter: [Option<u64>; 2],
+    counters: DeviceCounters,
 }
 
 impl CpuStandInDevice {
@@ -437,7 +478,7 @@ impl CpuStandInDevice {
             cipher: None,
             staging: vec![0; chunk_bytes + TAG_BYTES],
             buffers: Vec::new(),
-            last_counter: [None; 2],
+            counters: DeviceCounters::default(),
         }
     }
 
@@ -458,30 +499,8 @@ impl CpuStandInDevice {
             .ok()
             .and_then(|i| self.buffers.get_mut(i))
             .ok_or(BounceError::UnknownBuffer(id.0))?;
-        let end = offset.checked_add(len).filter(|&e| e <= buffer.len());
-        match end {
-            Some(end) => Ok(&mut buffer[offset..end]),
-            None => Err(BounceError::OutOfRange {
-                len: buffer.len(),
-                offset,
-                end: offset.saturating_add(len),
-            }),
-        }
-    }
-
-    fn take_counter(&mut self, header: &ChunkHeader) -> Result<(), BounceError> {
-        let last = &mut self.last_counter[header.direction.index()];
-        if let Some(prev) = *last {
-            if header.counter <= prev {
-                return Err(BounceError::CounterReuse {
-                    direction: header.direction,
-                    found: header.counter,
-                    last: prev,
-                });
-            }
-        }
-        *last = Some(header.counter);
-        Ok(())
+        let range = buffer_range(buffer.len(), offset, len)?;
+        Ok(&mut buffer[range])
     }
 
     /// Checks the chunk fits staging and takes its counter; returns its staged length.
@@ -489,7 +508,7 @@ impl CpuStandInDevice {
         if header.staged_len() > self.staging.len() {
             return Err(BounceError::ChunkSize { found: header.len });
         }
-        self.take_counter(header)?;
+        self.counters.take(header)?;
         Ok(header.staged_len())
     }
 }
@@ -501,7 +520,7 @@ impl BounceDevice for CpuStandInDevice {
 
     fn install_key(&mut self, key: &BounceKey) -> Result<(), BounceError> {
         self.cipher = Some(key.cipher());
-        self.last_counter = [None; 2];
+        self.counters = DeviceCounters::default();
         Ok(())
     }
 

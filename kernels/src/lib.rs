@@ -64,6 +64,14 @@ pub enum KernelError {
         /// The value that was passed.
         found: usize,
     },
+    /// A device call failed (driver error, out of device memory, a rejected transfer).
+    #[error("backend {backend}: {reason}")]
+    Device {
+        /// The backend's name.
+        backend: &'static str,
+        /// What the driver or the transfer reported.
+        reason: String,
+    },
     /// The backend cannot run here (no driver, no device, not compiled in).
     #[error("backend {backend} unavailable: {reason}")]
     Unavailable {

@@ -360,7 +360,11 @@ impl CpuBackend {
 }
 
 /// Fails unless `found == expected`, naming the operand.
-fn expect_len(what: &'static str, expected: usize, found: usize) -> Result<(), KernelError> {
+pub(crate) fn expect_len(
+    what: &'static str,
+    expected: usize,
+    found: usize,
+) -> Result<(), KernelError> {
     if expected == found {
         Ok(())
     } else {
@@ -374,7 +378,7 @@ fn expect_len(what: &'static str, expected: usize, found: usize) -> Result<(), K
 
 /// The product of shape factors, or `usize::MAX` on overflow (which then fails the
 /// length comparison instead of wrapping).
-fn elements(factors: &[usize]) -> usize {
+pub(crate) fn elements(factors: &[usize]) -> usize {
     factors
         .iter()
         .try_fold(1usize, |acc, &f| acc.checked_mul(f))
@@ -382,7 +386,7 @@ fn elements(factors: &[usize]) -> usize {
 }
 
 /// Fails unless a shape parameter is valid, naming what was expected.
-fn expect_param(
+pub(crate) fn expect_param(
     what: &'static str,
     valid: bool,
     found: usize,
@@ -397,6 +401,73 @@ fn expect_param(
             found,
         })
     }
+}
+
+/// Checks an RMSNorm call's shapes (the [`Backend::rms_norm`] contract); returns the
+/// row length.
+pub(crate) fn check_rms_norm(x: &[f32], weight: &[f32], out: &[f32]) -> Result<usize, KernelError> {
+    let dim = weight.len();
+    expect_param("rms_norm weight length", dim > 0, dim, "at least 1")?;
+    expect_len("rms_norm output", x.len(), out.len())?;
+    expect_param(
+        "rms_norm input length",
+        x.len().is_multiple_of(dim),
+        x.len(),
+        "a multiple of the weight length",
+    )?;
+    Ok(dim)
+}
+
+/// Checks a RoPE call's shapes (the [`Backend::rope`] contract); returns the row width
+/// `n_heads * head_dim`.
+pub(crate) fn check_rope(
+    x: &[f32],
+    positions: &[u32],
+    n_heads: usize,
+    head_dim: usize,
+) -> Result<usize, KernelError> {
+    expect_param(
+        "rope head_dim",
+        head_dim > 0 && head_dim.is_multiple_of(2),
+        head_dim,
+        "a positive even number",
+    )?;
+    let width = elements(&[n_heads, head_dim]);
+    expect_len("rope input", elements(&[positions.len(), width]), x.len())?;
+    Ok(width)
+}
+
+/// Checks an attention call's shapes (the [`Backend::attention`] contract); returns
+/// the number of query (and output) elements.
+pub(crate) fn check_attention(
+    shape: AttentionShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+) -> Result<usize, KernelError> {
+    let AttentionShape {
+        n_new,
+        first_pos,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+    } = shape;
+    expect_param("attention head_dim", head_dim > 0, head_dim, "at least 1")?;
+    expect_param(
+        "attention n_kv_heads",
+        n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads),
+        n_kv_heads,
+        "a positive divisor of n_heads",
+    )?;
+    let total = first_pos.saturating_add(n_new);
+    let q_len = elements(&[n_new, n_heads, head_dim]);
+    let kv_len = elements(&[total, n_kv_heads, head_dim]);
+    expect_len("attention q", q_len, q.len())?;
+    expect_len("attention k", kv_len, k.len())?;
+    expect_len("attention v", kv_len, v.len())?;
+    expect_len("attention output", q_len, out.len())?;
+    Ok(q_len)
 }
 
 impl Backend for CpuBackend {
@@ -434,15 +505,7 @@ impl Backend for CpuBackend {
         eps: f32,
         out: &mut [f32],
     ) -> Result<(), KernelError> {
-        let dim = weight.len();
-        expect_param("rms_norm weight length", dim > 0, dim, "at least 1")?;
-        expect_len("rms_norm output", x.len(), out.len())?;
-        expect_param(
-            "rms_norm input length",
-            x.len().is_multiple_of(dim),
-            x.len(),
-            "a multiple of the weight length",
-        )?;
+        let dim = check_rms_norm(x, weight, out)?;
         for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
             ops::rms_norm_row(xr, weight, eps, or);
         }
@@ -457,14 +520,7 @@ impl Backend for CpuBackend {
         head_dim: usize,
         theta: f32,
     ) -> Result<(), KernelError> {
-        expect_param(
-            "rope head_dim",
-            head_dim > 0 && head_dim.is_multiple_of(2),
-            head_dim,
-            "a positive even number",
-        )?;
-        let width = elements(&[n_heads, head_dim]);
-        expect_len("rope input", elements(&[positions.len(), width]), x.len())?;
+        let width = check_rope(x, positions, n_heads, head_dim)?;
         if width == 0 {
             return Ok(());
         }
@@ -501,27 +557,13 @@ impl Backend for CpuBackend {
         out: &mut [f32],
     ) -> Result<(), KernelError> {
         let AttentionShape {
-            n_new,
             first_pos,
             n_heads,
             n_kv_heads,
             head_dim,
+            ..
         } = shape;
-        expect_param("attention head_dim", head_dim > 0, head_dim, "at least 1")?;
-        expect_param(
-            "attention n_kv_heads",
-            n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads),
-            n_kv_heads,
-            "a positive divisor of n_heads",
-        )?;
-        let total = first_pos.saturating_add(n_new);
-        let q_len = elements(&[n_new, n_heads, head_dim]);
-        let kv_len = elements(&[total, n_kv_heads, head_dim]);
-        expect_len("attention q", q_len, q.len())?;
-        expect_len("attention k", kv_len, k.len())?;
-        expect_len("attention v", kv_len, v.len())?;
-        expect_len("attention output", q_len, out.len())?;
-        if q_len == 0 {
+        if check_attention(shape, q, k, v, out)? == 0 {
             return Ok(());
         }
         let group = n_heads / n_kv_heads;

@@ -54,21 +54,13 @@ impl fmt::Display for DeviceSpec {
 }
 
 impl DeviceSpec {
-    /// Opens the backend. `cuda` fails with [`KernelError::Unavailable`]: "no CUDA
-    /// driver" where there is none, and otherwise because the cudarc backend has not
-    /// landed yet (docs/gpu.md).
+    /// Opens the backend: the CPU backend, or [`super::CudaBackend`] on GPU `N` (which
+    /// fails with [`KernelError::Unavailable`], "no CUDA driver: ...", where there is no
+    /// NVIDIA driver, and names NVRTC or the driver's error where a kernel cannot load).
     pub fn open(self) -> Result<Box<dyn Backend>, KernelError> {
         match self {
             Self::Cpu => Ok(Box::new(CpuBackend::new())),
-            Self::Cuda(index) => {
-                super::driver_present()?;
-                Err(KernelError::Unavailable {
-                    backend: "cuda",
-                    reason: format!(
-                        "GPU {index}: the CUDA backend is not implemented yet (see docs/gpu.md)"
-                    ),
-                })
-            }
+            Self::Cuda(index) => Ok(Box::new(super::CudaBackend::new(index)?)),
         }
     }
 }

@@ -4,9 +4,16 @@
 //! NVRTC is opened at run time (`dlopen`), so this module builds and runs where CUDA is
 //! absent and reports a clean [`KernelError::Unavailable`] instead of panicking.
 
+mod backend;
+mod bounce_device;
+mod device;
 mod device_spec;
 pub mod nvrtc;
+pub mod ptx_cache;
 
+pub use backend::{CudaBackend, CudaOptions, Transfers};
+pub use bounce_device::CudaBounceDevice;
+pub use device::CudaDevice;
 pub use device_spec::{DeviceSpec, DeviceSpecError};
 
 use crate::KernelError;
