@@ -368,4 +368,57 @@ mod tests {
             "c0b406a4a80349529743_3fb6014cd0ae".replace('_', "")
         );
     }
+
+    /// The bytes the kernel copies into the guest message for a request structure.
+    fn bytes_of<T: Copy>(value: &T) -> Vec<u8> {
+        // SAFETY: only called on `SnpDerivedKeyReq` and `SnpReportReq`, `#[repr(C)]`
+        // structures of integers and byte arrays without padding (their sizes equal
+        // the sums of their fields, checked above), so every byte is initialised;
+        // the slice borrows `value` and does not outlive it.
+        unsafe { std::slice::from_raw_parts(value as *const T as *const u8, size_of::<T>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn the_key_request_is_msg_key_req_byte_for_byte() {
+        // MSG_KEY_REQ (Table 18): ROOT_KEY_SELECT=0 (VCEK) at 0x00, reserved at 0x04,
+        // GUEST_FIELD_SELECT at 0x08 = bits 0 (policy) and 3 (measurement), VMPL at
+        // 0x10, GUEST_SVN at 0x14, TCB_VERSION at 0x18, all little-endian.
+        let mut recorded = [0u8; 32];
+        recorded[0x08] = 0x09;
+        assert_eq!(
+            bytes_of(&super::super::snp::derived_key_request()),
+            recorded
+        );
+    }
+
+    #[test]
+    fn the_report_request_carries_report_data_then_vmpl() {
+        let req = SnpReportReq {
+            user_data: [0xa5; 64],
+            vmpl: 0,
+            rsvd: [0; 28],
+        };
+        let bytes = bytes_of(&req);
+        assert_eq!(&bytes[..64], &[0xa5; 64]);
+        assert_eq!(&bytes[64..], &[0; 32]);
+    }
+
+    #[test]
+    fn a_real_report_in_a_report_response_still_verifies() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../measurements/tests/data");
+        let hex_text = std::fs::read_to_string(format!("{dir}/report_milan.hex")).unwrap();
+        let report = hex::decode(hex_text.trim()).unwrap();
+        let vcek = std::fs::read(format!("{dir}/vcek_milan.der")).unwrap();
+        // MSG_REPORT_RSP (Table 24) as the driver hands it back: STATUS 0,
+        // REPORT_SIZE 1184, reserved, then the report at 0x20.
+        let mut resp = SnpReportResp { data: [0; 4000] };
+        resp.data[4..8].copy_from_slice(&1184u32.to_le_bytes());
+        resp.data[0x20..0x20 + 1184].copy_from_slice(&report);
+        let extracted = parse_report_response(&resp.data).unwrap();
+        assert_eq!(extracted, report);
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let policy = chrysalis_measurements::snp::Policy::default();
+        chrysalis_measurements::snp::verify_report(&extracted, &vcek, &policy, when).unwrap();
+    }
 }

@@ -11,15 +11,19 @@
 //! caller computes REPORT_DATA with `chrysalis_protocol::evidence::report_data` and
 //! wraps the result in the protocol's `Evidence`.
 
+pub mod attester;
 #[allow(unsafe_code)]
 pub mod linux;
 pub mod simulated;
 pub mod snp;
 pub mod tsm;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use chrysalis_measurements::snp::VerifyError;
 use zeroize::Zeroizing;
+
+pub use attester::{Attester, Identity};
 
 /// What kind of evidence a provider produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +58,24 @@ pub trait EvidenceProvider: Send + Sync {
     /// from the firmware's derived-key request, bound to the chip, the launch
     /// measurement and the guest policy, so the keys survive a reboot on one chip.
     fn key_seed(&self) -> Result<Zeroizing<[u8; 32]>, AttestError>;
+
+    /// Offers certificates from the shim (untrusted) for reports whose extended
+    /// report carries none. Providers that need none ignore them.
+    fn offer_certificates(&self, certs: Vec<Vec<u8>>) -> Result<CertOffer, AttestError> {
+        let _ = certs;
+        Ok(CertOffer::Ignored)
+    }
+}
+
+/// What became of a certificate bundle the shim offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertOffer {
+    /// It verified this enclave's own report and is handed out from now on.
+    Kept,
+    /// It is the bundle already kept.
+    Unchanged,
+    /// This provider needs no certificates (simulated evidence).
+    Ignored,
 }
 
 /// Why evidence could not be produced.
@@ -104,21 +126,115 @@ pub enum AttestError {
         /// The configfs path looked at.
         tsm: String,
     },
+    /// Dev mode was asked for on a machine that is an SEV-SNP guest.
+    #[error("refusing --dev: this machine is an SEV-SNP guest ({found} present), and simulated evidence is never served on SNP hardware; expected no --dev here, so the enclave serves real SNP evidence")]
+    DevModeOnTee {
+        /// The SNP interface that was found.
+        found: String,
+    },
+    /// The shim's certificates do not endorse this enclave's reports.
+    #[error("certificate bundle from the shim refused: {0}; expected the VCEK (or VLEK) for this chip and TCB, chaining to AMD's pinned root")]
+    CertificatesRefused(#[source] VerifyError),
 }
 
-/// Picks the provider: SNP whenever the guest device exists (dev mode or not);
-/// simulated only when `dev_mode` is set and there is no SNP device.
+/// Which attestation interfaces this guest has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Platform {
+    /// `/dev/sev-guest` exists.
+    pub sev_guest_device: bool,
+    /// The configfs TSM report directory exists.
+    pub tsm_reports: bool,
+}
+
+impl Platform {
+    /// Looks at the standard paths.
+    pub fn detect() -> Self {
+        Self {
+            sev_guest_device: Path::new(snp::SEV_GUEST_DEVICE).exists(),
+            tsm_reports: Path::new(tsm::TSM_REPORT_ROOT).is_dir(),
+        }
+    }
+
+    /// The SNP interface present, if any, for messages.
+    fn snp_interface(self) -> Option<&'static str> {
+        match (self.sev_guest_device, self.tsm_reports) {
+            (true, _) => Some(snp::SEV_GUEST_DEVICE),
+            (false, true) => Some(tsm::TSM_REPORT_ROOT),
+            (false, false) => None,
+        }
+    }
+}
+
+/// Which provider [`select`] builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// The AMD secure processor.
+    Snp,
+    /// INSECURE simulation.
+    Simulated,
+}
+
+/// The selection rule: SNP whenever an SNP interface exists; dev mode on SNP hardware
+/// is an error, not a silent upgrade or downgrade; simulation only when asked for on a
+/// machine without SNP.
+pub fn choose(platform: Platform, dev_mode: bool) -> Result<Choice, AttestError> {
+    match (platform.snp_interface(), dev_mode) {
+        (Some(found), true) => Err(AttestError::DevModeOnTee {
+            found: found.to_owned(),
+        }),
+        (Some(_), false) => Ok(Choice::Snp),
+        (None, true) => Ok(Choice::Simulated),
+        (None, false) => Err(AttestError::NoTee {
+            tsm: tsm::TSM_REPORT_ROOT.to_string(),
+        }),
+    }
+}
+
+/// Builds the provider [`choose`] picks for this machine. `shim_certs` are the
+/// certificates known at start (usually none: the shim offers them later).
 pub fn select(
     dev_mode: bool,
     shim_certs: Vec<Vec<u8>>,
 ) -> Result<Box<dyn EvidenceProvider>, AttestError> {
-    if snp::SnpProvider::available() {
-        return Ok(Box::new(snp::SnpProvider::open(shim_certs)?));
-    }
-    if dev_mode {
-        return Ok(Box::new(simulated::SimulatedProvider::new()));
-    }
-    Err(AttestError::NoTee {
-        tsm: tsm::TSM_REPORT_ROOT.to_string(),
+    Ok(match choose(Platform::detect(), dev_mode)? {
+        Choice::Snp => Box::new(snp::SnpProvider::open(shim_certs)?),
+        Choice::Simulated => Box::new(simulated::SimulatedProvider::new()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NONE: Platform = Platform {
+        sev_guest_device: false,
+        tsm_reports: false,
+    };
+
+    #[test]
+    fn snp_hardware_is_always_used_and_dev_mode_there_fails_loudly() {
+        for platform in [
+            Platform {
+                sev_guest_device: true,
+                ..NONE
+            },
+            Platform {
+                tsm_reports: true,
+                ..NONE
+            },
+        ] {
+            assert_eq!(choose(platform, false).unwrap(), Choice::Snp);
+            let err = choose(platform, true).unwrap_err();
+            assert!(matches!(err, AttestError::DevModeOnTee { .. }), "{err}");
+            assert!(err.to_string().contains("refusing --dev"), "{err}");
+        }
+    }
+
+    #[test]
+    fn simulation_only_when_asked_for_without_snp() {
+        assert_eq!(choose(NONE, true).unwrap(), Choice::Simulated);
+        let err = choose(NONE, false).unwrap_err();
+        assert!(matches!(err, AttestError::NoTee { .. }), "{err}");
+        assert!(err.to_string().contains("--dev"), "{err}");
+    }
 }

@@ -1,13 +1,15 @@
 //! The real provider: the AMD secure processor through the Linux `sev-guest` driver.
 
 use std::fs::{File, OpenOptions};
-use std::path::Path;
+use std::sync::RwLock;
+use std::time::SystemTime;
 
+use chrysalis_measurements::snp::{verifier_for_certs, Report};
 use zeroize::Zeroizing;
 
 use super::linux::{self, SnpDerivedKeyReq, SnpDerivedKeyResp, SnpReportReq, SnpReportResp};
 use super::tsm::TsmReports;
-use super::{AttestError, AttestationBundle, EvidenceProvider, ProviderKind};
+use super::{AttestError, AttestationBundle, CertOffer, EvidenceProvider, ProviderKind};
 
 /// The guest device of the `sev-guest` driver.
 pub const SEV_GUEST_DEVICE: &str = "/dev/sev-guest";
@@ -21,15 +23,35 @@ const PAGE: usize = 4096;
 pub struct SnpProvider {
     device: File,
     tsm: Option<TsmReports>,
-    shim_certs: Vec<Vec<u8>>,
+    /// Certificates from the shim, kept only after they verified our own report.
+    shim_certs: RwLock<Vec<Vec<u8>>>,
+}
+
+/// Checks that `certs` (leaf first, as the shim hands them in) endorse `report`: the
+/// VCEK or VLEK chains to AMD's pinned root, is valid at `now`, signed the report, and
+/// matches its chip id and REPORTED_TCB. The policy (debug, measurement) is the
+/// client's business, not checked here.
+pub fn check_bundle(report: &[u8], certs: &[Vec<u8>], now: SystemTime) -> Result<(), AttestError> {
+    let refused = AttestError::CertificatesRefused;
+    let (verifier, vek) = verifier_for_certs(certs).map_err(refused)?;
+    let report = Report::parse(report).map_err(refused)?;
+    verifier.authenticate(report, &vek, now).map_err(refused)?;
+    Ok(())
+}
+
+/// MSG_KEY_REQ for the enclave's key seed: rooted in the VCEK (chip-unique), mixing in
+/// the launch measurement and the guest policy, so another image or a debug policy
+/// derives another key, while a reboot of the same image on the same chip derives
+/// the same one.
+pub fn derived_key_request() -> SnpDerivedKeyReq {
+    SnpDerivedKeyReq {
+        root_key_select: 0,
+        guest_field_select: linux::FIELD_MEASUREMENT | linux::FIELD_GUEST_POLICY,
+        ..SnpDerivedKeyReq::default()
+    }
 }
 
 impl SnpProvider {
-    /// Whether this guest has the SNP guest device.
-    pub fn available() -> bool {
-        Path::new(SEV_GUEST_DEVICE).exists()
-    }
-
     /// Opens the device. `shim_certs` (VCEK, ASK, ARK from the host shim, untrusted)
     /// are used when the extended report carries no certificates.
     pub fn open(shim_certs: Vec<Vec<u8>>) -> Result<Self, AttestError> {
@@ -44,7 +66,7 @@ impl SnpProvider {
         Ok(Self {
             device,
             tsm: TsmReports::detect(),
-            shim_certs,
+            shim_certs: RwLock::new(shim_certs),
         })
     }
 
@@ -100,11 +122,31 @@ impl SnpProvider {
             Some(t) if t.iter().any(|&b| b != 0) => linux::parse_cert_table(t)?,
             _ => Vec::new(),
         };
-        Ok(if from_host.is_empty() {
-            self.shim_certs.clone()
-        } else {
-            from_host
-        })
+        if !from_host.is_empty() {
+            return Ok(from_host);
+        }
+        Ok(self
+            .shim_certs
+            .read()
+            .map(|certs| certs.clone())
+            .unwrap_or_default())
+    }
+
+    /// A report and the host's certificate table, through configfs TSM when present.
+    fn raw_report(
+        &self,
+        report_data: &[u8; 64],
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>), AttestError> {
+        match &self.tsm {
+            Some(tsm) => {
+                let out = tsm.report(report_data)?;
+                Ok((out.report, out.auxblob))
+            }
+            None => {
+                let (report, table) = self.ext_report(report_data)?;
+                Ok((report, Some(table)))
+            }
+        }
     }
 }
 
@@ -114,16 +156,7 @@ impl EvidenceProvider for SnpProvider {
     }
 
     fn report(&self, report_data: &[u8; 64]) -> Result<AttestationBundle, AttestError> {
-        let (report, table) = match &self.tsm {
-            Some(tsm) => {
-                let out = tsm.report(report_data)?;
-                (out.report, out.auxblob)
-            }
-            None => {
-                let (report, table) = self.ext_report(report_data)?;
-                (report, Some(table))
-            }
-        };
+        let (report, table) = self.raw_report(report_data)?;
         Ok(AttestationBundle {
             kind: ProviderKind::SevSnp,
             certs: self.certificates(table.as_deref())?,
@@ -132,11 +165,7 @@ impl EvidenceProvider for SnpProvider {
     }
 
     fn key_seed(&self) -> Result<Zeroizing<[u8; 32]>, AttestError> {
-        let mut req = SnpDerivedKeyReq {
-            root_key_select: 0,
-            guest_field_select: linux::FIELD_MEASUREMENT | linux::FIELD_GUEST_POLICY,
-            ..SnpDerivedKeyReq::default()
-        };
+        let mut req = derived_key_request();
         let mut resp = Zeroizing::new(SnpDerivedKeyResp { data: [0; 64] });
         linux::guest_request(
             &self.device,
@@ -146,5 +175,92 @@ impl EvidenceProvider for SnpProvider {
             &mut *resp,
         )?;
         Ok(Zeroizing::new(linux::parse_key_response(&resp.data)?))
+    }
+
+    fn offer_certificates(&self, certs: Vec<Vec<u8>>) -> Result<CertOffer, AttestError> {
+        if self.shim_certs.read().is_ok_and(|kept| *kept == certs) {
+            return Ok(CertOffer::Unchanged);
+        }
+        let (own, _) = self.raw_report(&[0; 64])?;
+        check_bundle(&own, &certs, SystemTime::now())?;
+        if let Ok(mut kept) = self.shim_certs.write() {
+            *kept = certs;
+        }
+        Ok(CertOffer::Kept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    /// The measurements crate's copies of the real fixtures (../shared/fixtures/snp).
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/../measurements/tests/data/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn milan_report() -> Vec<u8> {
+        let hex_text = fixture("report_milan.hex");
+        hex::decode(String::from_utf8(hex_text).unwrap().trim()).unwrap()
+    }
+
+    /// Inside the Milan VCEK's validity.
+    fn when() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    }
+
+    #[test]
+    fn the_right_vcek_and_chain_are_kept() {
+        let certs = vec![fixture("vcek_milan.der"), fixture("cert_chain_milan")];
+        check_bundle(&milan_report(), &certs, when()).unwrap();
+        // The VCEK alone works too: the pinned Milan chain fills in.
+        check_bundle(&milan_report(), &certs[..1], when()).unwrap();
+    }
+
+    #[test]
+    fn a_vcek_for_another_chip_or_generation_is_refused() {
+        for wrong in [
+            "trustee_milan_vcek.der",
+            "vcek_turin.der",
+            "snp_test-vcek-invalid-new.der",
+        ] {
+            let err = check_bundle(&milan_report(), &[fixture(wrong)], when()).unwrap_err();
+            assert!(
+                matches!(err, AttestError::CertificatesRefused(_)),
+                "{wrong}: {err}"
+            );
+            assert!(err.to_string().contains("refused"), "{err}");
+        }
+        let err = check_bundle(&milan_report(), &[], when()).unwrap_err();
+        assert!(err.to_string().contains("no certificate"), "{err}");
+    }
+
+    #[test]
+    fn a_root_that_is_not_the_pinned_ark_is_refused() {
+        // A VCEK posing as the ARK of the supplied chain.
+        let certs = vec![
+            fixture("vcek_milan.der"),
+            fixture("vcek_turin.der"),
+            fixture("vcek_milan.der"),
+        ];
+        let err = check_bundle(&milan_report(), &certs, when()).unwrap_err();
+        assert!(matches!(err, AttestError::CertificatesRefused(_)), "{err}");
+    }
+
+    #[test]
+    fn the_key_request_selects_vcek_root_measurement_and_policy() {
+        let req = derived_key_request();
+        assert_eq!(req.root_key_select, 0, "VCEK root: chip-unique");
+        assert_eq!(
+            req.guest_field_select, 0b1001,
+            "bits 0 (policy) and 3 (measurement)"
+        );
+        assert_eq!((req.vmpl, req.guest_svn, req.tcb_version), (0, 0, 0));
     }
 }

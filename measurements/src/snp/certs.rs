@@ -313,7 +313,29 @@ pub fn chain_from_pem(pem: &[u8]) -> Result<CaChain, VerifyError> {
     let [intermediate, ark]: [X509; 2] = certs
         .try_into()
         .map_err(|v: Vec<X509>| VerifyError::ChainShape { found: v.len() })?;
-    let ark = Cert::from_x509(ark, CertRole::Ark)?;
+    chain_from_pair(
+        Cert::from_x509(intermediate, CertRole::Ask)?,
+        Cert::from_x509(ark, CertRole::Ark)?,
+    )
+}
+
+/// Builds a CA chain from certificates handed in with evidence: either one PEM bundle
+/// of ASK (or ASVK) then ARK, or the two as separate DER or PEM certificates (as the
+/// extended report's certificate table carries them). The ARK must be the pinned one.
+pub fn chain_from_parts(parts: &[Vec<u8>]) -> Result<CaChain, VerifyError> {
+    match parts {
+        [bundle] => chain_from_pem(bundle),
+        [intermediate, ark] => chain_from_pair(
+            Cert::parse(intermediate, CertRole::Ask)?,
+            Cert::parse(ark, CertRole::Ark)?,
+        ),
+        _ => Err(VerifyError::ChainShape { found: parts.len() }),
+    }
+}
+
+/// Checks an (intermediate, ARK) pair against the pinned root of the generation the
+/// ARK names, and the ARK's signature on the intermediate.
+fn chain_from_pair(intermediate: Cert, ark: Cert) -> Result<CaChain, VerifyError> {
     let ark_cn = ark.subject_cn();
     let processor = match classify_amd_name(&ark_cn) {
         Some((p, CertRole::Ark)) => p,
@@ -329,7 +351,6 @@ pub fn chain_from_pem(pem: &[u8]) -> Result<CaChain, VerifyError> {
             expected: processor,
         });
     }
-    let intermediate = Cert::from_x509(intermediate, CertRole::Ask)?;
     let role = match classify_amd_name(&intermediate.subject_cn()) {
         Some((_, CertRole::Asvk)) => CertRole::Asvk,
         _ => CertRole::Ask,

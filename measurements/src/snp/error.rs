@@ -20,6 +20,8 @@ pub enum CertRole {
     Vlek,
     /// The report-signing certificate before its kind is known.
     Vek,
+    /// The throwaway key of simulated (dev-mode) evidence: proves nothing.
+    Simulated,
 }
 
 impl std::fmt::Display for CertRole {
@@ -31,6 +33,7 @@ impl std::fmt::Display for CertRole {
             Self::Vcek => "VCEK",
             Self::Vlek => "VLEK",
             Self::Vek => "VCEK/VLEK",
+            Self::Simulated => "simulated throwaway key",
         })
     }
 }

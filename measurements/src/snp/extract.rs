@@ -138,6 +138,25 @@ fn unwrap_octet_string(value: &[u8]) -> &[u8] {
 }
 
 /// Converts the report's little-endian, zero-padded R and S into a P-384 signature.
+/// Checks a simulated (dev-mode) report's signature under the throwaway P-384 key it
+/// came with (SEC1 encoding), with the same byte conventions as a hardware report.
+/// This proves only that the report was not altered in transit: the key is whatever
+/// the enclave chose, so it attests nothing.
+pub fn check_simulated_signature(report: &Report, sec1_key: &[u8]) -> Result<(), VerifyError> {
+    let role = CertRole::Simulated;
+    let key = VerifyingKey::from_sec1_bytes(sec1_key).map_err(|e| VerifyError::EndorsementKey {
+        role,
+        reason: format!("{e} ({} bytes given)", sec1_key.len()),
+    })?;
+    let signature =
+        report_signature(report).map_err(|reason| VerifyError::ReportSignature { role, reason })?;
+    key.verify(report.signed_bytes(), &signature)
+        .map_err(|_| VerifyError::ReportSignature {
+            role,
+            reason: "the signature does not match the report bytes".into(),
+        })
+}
+
 fn report_signature(report: &Report) -> Result<Signature, String> {
     let (r, s) = report.signature_le();
     let to_be = |le: &[u8; 72], name: &str| -> Result<[u8; 48], String> {

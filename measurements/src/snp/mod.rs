@@ -85,13 +85,26 @@ impl Verifier {
 
     /// Uses a CA chain handed in with the evidence (ASK or ASVK, then ARK, PEM) in
     /// place of the pinned intermediate. Its ARK must be the pinned one.
-    pub fn with_supplied_chain(mut self, pem: &[u8]) -> Result<Self, VerifyError> {
-        let chain = certs::chain_from_pem(pem)?;
+    pub fn with_supplied_chain(self, pem: &[u8]) -> Result<Self, VerifyError> {
+        Ok(self.replace_chain(certs::chain_from_pem(pem)?))
+    }
+
+    /// Uses the CA certificates that came after the VCEK/VLEK in evidence: one PEM
+    /// bundle (ASK or ASVK, then ARK), or the two separately, DER or PEM. With none,
+    /// the pinned chains stay. The ARK must be the pinned one.
+    pub fn with_supplied_parts(self, parts: &[Vec<u8>]) -> Result<Self, VerifyError> {
+        if parts.is_empty() {
+            return Ok(self);
+        }
+        Ok(self.replace_chain(certs::chain_from_parts(parts)?))
+    }
+
+    fn replace_chain(mut self, chain: CaChain) -> Self {
         self.chains.retain(|c| {
             !(c.processor == chain.processor && c.intermediate_role == chain.intermediate_role)
         });
         self.chains.push(chain);
-        Ok(self)
+        self
     }
 
     fn chain_for(&self, processor: Processor, vek_role: CertRole) -> Option<&CaChain> {
@@ -162,4 +175,30 @@ pub fn verify_report(
 ) -> Result<Verified, VerifyError> {
     let vek = EndorsementKey::parse(vek)?;
     Verifier::pinned()?.verify(report, &vek, policy, now)
+}
+
+/// The verifier and the VCEK/VLEK for the certificates that came with a report, leaf
+/// first: the VCEK or VLEK (DER or PEM), then optionally the ASK or ASVK and the ARK
+/// (see [`Verifier::with_supplied_parts`]). The pinned ARK stays the anchor.
+pub fn verifier_for_certs(certs: &[Vec<u8>]) -> Result<(Verifier, EndorsementKey), VerifyError> {
+    let (vek, ca) = certs
+        .split_first()
+        .ok_or_else(|| VerifyError::CertificateParse {
+            role: CertRole::Vek,
+            reason: "no certificate came with the report".into(),
+        })?;
+    let vek = EndorsementKey::parse(vek)?;
+    Ok((Verifier::pinned()?.with_supplied_parts(ca)?, vek))
+}
+
+/// One-shot verification of a report with the certificates that came with it (see
+/// [`verifier_for_certs`]).
+pub fn verify_with_certs(
+    report: &[u8],
+    certs: &[Vec<u8>],
+    policy: &Policy,
+    now: SystemTime,
+) -> Result<Verified, VerifyError> {
+    let (verifier, vek) = verifier_for_certs(certs)?;
+    verifier.verify(report, &vek, policy, now)
 }
