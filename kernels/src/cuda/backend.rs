@@ -416,6 +416,7 @@ impl CudaBackend {
             dim("matmul n", n)?,
         );
         let (alpha, beta) = (1.0f32, 0.0f32);
+        inner.bounce().cuda().bind()?;
         let blas = inner.blas()?;
         // SAFETY: weight holds rows*cols elements of `data_type`, x holds n*cols and out
         // n*rows f32 (the caller sized and filled them); alpha and beta are f32 as

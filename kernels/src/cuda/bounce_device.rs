@@ -346,3 +346,12 @@ impl BounceDevice for CudaBounceDevice {
         self.device.copy_out(staging, chunk).map_err(to_bounce)
     }
 }
+
+impl super::parity::InspectDevice for CudaBounceDevice {
+    fn inspect(&mut self, id: DeviceBufferId, len: usize) -> Result<Vec<u8>, BounceError> {
+        let at = self.address_of(id, 0, len)?;
+        let mut out = vec![0u8; len];
+        self.device.copy_out(&mut out, at).map_err(to_bounce)?;
+        Ok(out)
+    }
+}

@@ -194,6 +194,7 @@ impl CudaDevice {
         if src.is_empty() {
             return Ok(());
         }
+        self.bind()?;
         // SAFETY: the caller checked that `dst` has room for `src.len()` bytes.
         unsafe { cudarc::driver::result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
             .map_err(|e| device_error("host-to-device copy", e))
@@ -202,6 +203,7 @@ impl CudaDevice {
     /// Copies device memory at `src` into `dst` and waits for it.
     pub(crate) fn copy_out(&self, dst: &mut [u8], src: u64) -> Result<(), KernelError> {
         if !dst.is_empty() {
+            self.bind()?;
             // SAFETY: the caller checked that `src` holds `dst.len()` bytes; we
             // synchronise before `dst` is used.
             unsafe { cudarc::driver::result::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
@@ -212,9 +214,19 @@ impl CudaDevice {
 
     /// Zeroes `len` bytes at `dst`.
     pub(crate) fn zero(&self, dst: u64, len: usize) -> Result<(), KernelError> {
+        self.bind()?;
         // SAFETY: the caller checked that `dst` has `len` bytes.
         unsafe { cudarc::driver::result::memset_d8_async(dst, 0, len, self.stream.cu_stream()) }
             .map_err(|e| device_error("memset", e))
+    }
+
+    /// Makes the context current on the calling thread: the backend may be opened on one
+    /// thread and used on another (the enclave's engine thread), and the raw driver
+    /// calls here, unlike cudarc's own, do not bind it themselves.
+    pub(crate) fn bind(&self) -> Result<(), KernelError> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| device_error("binding the CUDA context", e))
     }
 
     /// Waits for everything queued so far.

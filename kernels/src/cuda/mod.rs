@@ -9,6 +9,7 @@ mod bounce_device;
 mod device;
 mod device_spec;
 pub mod nvrtc;
+pub mod parity;
 pub mod ptx_cache;
 
 pub use backend::{CudaBackend, CudaOptions, Transfers};
