@@ -43,6 +43,8 @@ enum Command {
     BootTest(image::BootTestArgs),
     /// Build the image from two clones at different paths and compare the bytes.
     ReproCheck(image::ReproArgs),
+    /// Write the read-only ext4 model disk the guest mounts at /models.
+    ModelDisk(image::model_disk::ModelDiskArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,5 +58,6 @@ fn main() -> anyhow::Result<()> {
         Command::VerifyImage(args) => image::run_verify(args),
         Command::BootTest(args) => image::boot::run(args),
         Command::ReproCheck(args) => image::repro::run(args),
+        Command::ModelDisk(args) => image::model_disk::run(args),
     }
 }

@@ -12,6 +12,7 @@ mod enclave;
 mod kernel;
 mod lock;
 mod manifest;
+pub mod model_disk;
 mod ovmf;
 pub mod repro;
 
