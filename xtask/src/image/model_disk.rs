@@ -60,9 +60,7 @@ pub struct ModelDisk {
 /// Runs `cargo xtask model-disk`.
 pub fn run(args: ModelDiskArgs) -> anyhow::Result<()> {
     let root = workspace_root();
-    let out = args
-        .out
-        .unwrap_or_else(|| default_path(&root, &args.model));
+    let out = args.out.unwrap_or_else(|| default_path(&root, &args.model));
     let disk = build(&root, &args.model, &out)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&disk)?);
@@ -100,15 +98,26 @@ pub fn build(root: &Path, model: &str, out: &Path) -> anyhow::Result<ModelDisk> 
     }
     let _ = fs::remove_file(out);
     let mut mkfs = Command::new("mkfs.ext4");
-    mkfs.args(["-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0", "-O", "^has_journal"])
-        .args(["-L", DISK_LABEL, "-U", DISK_UUID])
-        .args(["-E", &format!("hash_seed={DISK_UUID},root_owner=0:0")])
-        .arg("-d")
-        .arg(&staging)
-        .arg(out)
-        .arg(format!("{}k", size / 1024))
-        // mke2fs stamps the superblock and inodes with the current time unless told.
-        .env("E2FSPROGS_FAKE_TIME", epoch.to_string());
+    mkfs.args([
+        "-q",
+        "-F",
+        "-t",
+        "ext4",
+        "-b",
+        "4096",
+        "-m",
+        "0",
+        "-O",
+        "^has_journal",
+    ])
+    .args(["-L", DISK_LABEL, "-U", DISK_UUID])
+    .args(["-E", &format!("hash_seed={DISK_UUID},root_owner=0:0")])
+    .arg("-d")
+    .arg(&staging)
+    .arg(out)
+    .arg(format!("{}k", size / 1024))
+    // mke2fs stamps the superblock and inodes with the current time unless told.
+    .env("E2FSPROGS_FAKE_TIME", epoch.to_string());
     let made = run_checked(&mut mkfs)
         .context("mkfs.ext4 failed (apt-get install e2fsprogs if it is missing)")
         .and_then(|()| pin_inode_times(out, &staging, model, epoch));
@@ -149,10 +158,16 @@ fn stage_model(source: &Path, dest: &Path, epoch: u64) -> anyhow::Result<()> {
 /// mkfs copies each file's atime and ctime from the staging copy, and a ctime cannot be
 /// set from user space, so both are overwritten in the image with debugfs.
 fn pin_inode_times(disk: &Path, staging: &Path, model: &str, epoch: u64) -> anyhow::Result<()> {
-    let mut paths = vec!["/".to_owned(), "/lost+found".to_owned(), format!("/{model}")];
+    let mut paths = vec![
+        "/".to_owned(),
+        "/lost+found".to_owned(),
+        format!("/{model}"),
+    ];
     for entry in fs::read_dir(staging.join(model))? {
         let name = entry?.file_name();
-        let name = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_graphic() && b != b'"'));
+        let name = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_graphic() && b != b'"'));
         let Some(name) = name else {
             bail!("model file names must be printable ASCII without quotes or spaces");
         };
