@@ -116,21 +116,7 @@ impl Stack {
             ENCLAVE_READY_TIMEOUT,
         )?;
         let enclave_addr = word_after(&line, "listening on ")?;
-        let mut cmd = Command::new(&bins.shim);
-        cmd.args([
-            "serve",
-            "--enclave",
-            &enclave_addr,
-            "--listen",
-            "127.0.0.1:0",
-        ]);
-        let (shim, line) = spawn_until(
-            cmd,
-            "chrysalis-shim",
-            "listening on ",
-            Duration::from_secs(30),
-        )?;
-        let url = word_after(&line, "listening on ")?;
+        let ShimOnly { shim, url } = ShimOnly::start(&bins.shim, &enclave_addr)?;
         Ok(Self {
             shim,
             enclave,
@@ -142,6 +128,35 @@ impl Stack {
     /// Process ids of (enclave, shim), for the curious.
     pub fn pids(&self) -> (u32, u32) {
         (self.enclave.child.id(), self.shim.child.id())
+    }
+}
+
+/// A shim in front of an enclave started elsewhere (in a VM, for `boot-test --chat`).
+pub struct ShimOnly {
+    shim: Service,
+    /// The shim's base URL, e.g. `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl ShimOnly {
+    /// Starts `shim` on a loopback port, relaying to `enclave_addr` (`tcp:HOST:PORT`).
+    pub fn start(shim: &Path, enclave_addr: &str) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(shim);
+        cmd.args([
+            "serve",
+            "--enclave",
+            enclave_addr,
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        let (shim, line) = spawn_until(
+            cmd,
+            "chrysalis-shim",
+            "listening on ",
+            Duration::from_secs(30),
+        )?;
+        let url = word_after(&line, "listening on ")?;
+        Ok(Self { shim, url })
     }
 }
 
