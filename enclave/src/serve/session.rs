@@ -132,6 +132,8 @@ where
                     server,
                     channel,
                     evidence_hash: open.evidence_hash,
+                    client_ephemeral_pub: open.client_ephemeral_pub,
+                    bound: None,
                     id: hex_id(&session_id),
                     _permit: permit,
                 };
@@ -176,6 +178,10 @@ struct Session {
     server: Arc<Server>,
     channel: SealedChannel,
     evidence_hash: [u8; 32],
+    /// The client's ephemeral key: a channel binding signs it.
+    client_ephemeral_pub: [u8; 32],
+    /// The payment channel this session bills, once bound.
+    bound: Option<super::billing::BoundChannel>,
     id: String,
     /// Held for the session's lifetime: it is what counts toward `max_sessions`.
     _permit: OwnedSemaphorePermit,
@@ -202,6 +208,14 @@ impl Session {
                 }
                 Err(e) => return Err(e),
             };
+            if frame.kind() == chrysalis_protocol::FrameKind::Plain {
+                if let Err(why) = self.billing_frame(&frame) {
+                    let refusal = error_message(ErrorCode::PaymentRequired, why);
+                    send_plain(stream, &PlainMessage::Error(refusal)).await?;
+                    return Ok(());
+                }
+                continue;
+            }
             let message = match self.channel.open_message(&frame) {
                 Ok(m) => m,
                 Err(e) => {
@@ -239,6 +253,30 @@ impl Session {
         write_bytes(stream, &bytes).await
     }
 
+    /// A plain frame inside a session: only a channel bind (from the client) or a
+    /// channel status (from the shim) may come this way.
+    fn billing_frame(&mut self, frame: &Frame) -> Result<(), String> {
+        let billing = &self.server.billing;
+        match PlainMessage::from_frame(frame).map_err(|e| e.to_string())? {
+            PlainMessage::ChannelBind(bind) => {
+                let key = self.server.identity.keys.ed25519_public();
+                let bound =
+                    billing.bind(&bind, &self.evidence_hash, &self.client_ephemeral_pub, &key)?;
+                tracing::info!(session = %self.id, "payment channel bound");
+                self.bound = Some(bound);
+                Ok(())
+            }
+            PlainMessage::ChannelStatus(status) => match &self.bound {
+                Some(bound) => billing.status(bound, &status),
+                None => Err("channel status before a channel bind".into()),
+            },
+            other => Err(format!(
+                "expected a sealed frame, a channel bind or a channel status, found {}",
+                plain_name(&other)
+            )),
+        }
+    }
+
     /// Runs one request through the scheduler, streaming sealed chunks.
     async fn serve_request<S: AsyncWrite + Unpin>(
         &mut self,
@@ -249,6 +287,19 @@ impl Session {
         let request_hash = request.hash();
         let request_id = request.request_id;
         let stream_chunks = request.stream;
+        let server = Arc::clone(&self.server);
+        let reservation = match server
+            .billing
+            .reserve(self.bound.as_ref(), request.max_tokens)
+        {
+            Ok(reservation) => reservation,
+            Err(why) => {
+                let refusal = error_message(ErrorCode::PaymentRequired, why.to_string());
+                return self
+                    .send_sealed(stream, &SealedMessage::Error(refusal))
+                    .await;
+            }
+        };
         let job = Job {
             prompt: request.prompt,
             max_new_tokens: request.max_tokens,
@@ -315,6 +366,24 @@ impl Session {
                         request_hash,
                         usage,
                     };
+                    if let Some(reservation) = reservation {
+                        let signing_key = self.server.identity.keys.signing_key();
+                        match reservation.finish(&receipt, signing_key) {
+                            // The charge goes to the shim first: it commits it before
+                            // it relays the bill and the receipt.
+                            Ok(billed) => {
+                                send_plain(stream, &PlainMessage::Charge(billed.charge)).await?;
+                                self.send_sealed(stream, &SealedMessage::Bill(billed.bill))
+                                    .await?;
+                            }
+                            Err(e) => {
+                                let refusal = error_message(ErrorCode::Internal, e.to_string());
+                                return self
+                                    .send_sealed(stream, &SealedMessage::Error(refusal))
+                                    .await;
+                            }
+                        }
+                    }
                     let end = ResponseEnd {
                         finish_reason: match reason {
                             JobFinish::Stop => chrysalis_protocol::FinishReason::Stop,
