@@ -1,5 +1,7 @@
 //! A sealed session through the shim: verify, open, request, stream, check receipt.
 
+use chrysalis_protocol::billing::{Bill, BillChain, BillingError, ChannelBind, CheckedBill};
+use chrysalis_protocol::ton::ChannelConfig;
 use chrysalis_protocol::{
     ErrorMessage, FinishReason, Frame, InferenceRequest, PlainMessage, Receipt, SealedChannel,
     SealedMessage, StreamChunk, Usage,
@@ -38,6 +40,9 @@ pub enum SessionError {
     /// The receipt does not match what was asked and received.
     #[error("receipt check failed: {0}")]
     Receipt(String),
+    /// A bill is missing, forged, or disagrees with the receipt or the chain.
+    #[error(transparent)]
+    Bill(#[from] BillingError),
 }
 
 /// One finished response.
@@ -53,6 +58,9 @@ pub struct Completion {
     pub finish_reason: FinishReason,
     /// The verified receipt.
     pub receipt: Receipt,
+    /// The verified bill, when the session is bound to a payment channel and the
+    /// enclave charges for its work.
+    pub bill: Option<CheckedBill>,
 }
 
 /// An open sealed session.
@@ -60,6 +68,10 @@ pub struct Session {
     socket: SessionSocket,
     channel: SealedChannel,
     verdict: Verdict,
+    /// This session's ephemeral key, which a channel binding signs.
+    client_ephemeral_pub: [u8; 32],
+    /// The bound payment channel's bill chain.
+    bills: Option<BillChain>,
 }
 
 impl std::fmt::Debug for Session {
@@ -95,6 +107,7 @@ impl Session {
             &verdict.evidence.x25519_pub,
             &verdict.evidence.hash(),
         )?;
+        let client_ephemeral_pub = open.client_ephemeral_pub;
         let frame = PlainMessage::SessionOpen(open).to_frame_bytes()?;
         socket
             .send(Message::Binary(frame.into()))
@@ -106,6 +119,8 @@ impl Session {
                 socket,
                 channel,
                 verdict,
+                client_ephemeral_pub,
+                bills: None,
             }),
             PlainMessage::Error(e) => Err(refused(e)),
             _ => Err(SessionError::Closed("expected a session accept".into())),
@@ -115,6 +130,32 @@ impl Session {
     /// The verification verdict this session is bound to.
     pub fn verdict(&self) -> &Verdict {
         &self.verdict
+    }
+
+    /// Bills this session's requests to the payment channel `config`, whose client is
+    /// the wallet v5r1 of `wallet_key`. The binding is signed for this session only;
+    /// the enclave checks it with the next request, and every later response then
+    /// carries a bill that [`Session::request`] verifies.
+    pub async fn bind_channel(
+        &mut self,
+        config: &ChannelConfig,
+        wallet_key: &ed25519_dalek::SigningKey,
+    ) -> Result<(), SessionError> {
+        let ev = &self.verdict.evidence;
+        let bind = ChannelBind::new(config, wallet_key, &ev.hash(), &self.client_ephemeral_pub)
+            .map_err(BillingError::from)?;
+        let frame = PlainMessage::ChannelBind(bind).to_frame_bytes()?;
+        self.socket
+            .send(Message::Binary(frame.into()))
+            .await
+            .map_err(transport)?;
+        self.bills = Some(BillChain::new(config.clone()).map_err(BillingError::from)?);
+        Ok(())
+    }
+
+    /// The bound channel's bill chain, if any.
+    pub fn bills(&self) -> Option<&BillChain> {
+        self.bills.as_ref()
     }
 
     /// Sends one sealed request and collects the response, calling `on_chunk` for each
@@ -132,6 +173,7 @@ impl Session {
             .await
             .map_err(transport)?;
         let (mut text, mut token_ids) = (String::new(), Vec::new());
+        let mut bill: Option<chrysalis_protocol::Signed<Bill>> = None;
         loop {
             let frame = next_frame(&mut self.socket).await?;
             if frame.kind() == chrysalis_protocol::FrameKind::Plain {
@@ -151,20 +193,18 @@ impl Session {
                 }
                 SealedMessage::End(end) => {
                     let receipt = self.check_receipt(request, &end.receipt, token_ids.len())?;
+                    let bill = self.check_bill(bill.as_ref(), &receipt)?;
                     return Ok(Completion {
                         text,
                         token_ids,
                         usage: receipt.usage,
                         finish_reason: end.finish_reason,
                         receipt,
+                        bill,
                     });
                 }
                 SealedMessage::Error(e) => return Err(refused(e)),
-                SealedMessage::Bill(_) => {
-                    return Err(SessionError::Closed(
-                        "the enclave sent a bill, but no payment channel is bound".into(),
-                    ))
-                }
+                SealedMessage::Bill(signed) => bill = Some(signed),
                 SealedMessage::Request(_) => {
                     return Err(SessionError::Closed("the enclave sent a request".into()))
                 }
@@ -207,6 +247,25 @@ impl Session {
         match problems.iter().find(|(bad, _)| *bad) {
             Some((_, why)) => Err(SessionError::Receipt((*why).to_owned())),
             None => Ok(receipt.clone()),
+        }
+    }
+
+    /// Checks the response's bill against its receipt and the bound channel's chain
+    /// (signature, prices times the receipt's tokens, the cumulative charge and its
+    /// token totals, the link to the previous bill). A bill without a bound channel is
+    /// refused; no bill on a bound channel means the enclave serves for free.
+    fn check_bill(
+        &mut self,
+        bill: Option<&chrysalis_protocol::Signed<Bill>>,
+        receipt: &Receipt,
+    ) -> Result<Option<CheckedBill>, SessionError> {
+        let key = self.verdict.evidence.ed25519_pub;
+        match (bill, self.bills.as_mut()) {
+            (None, _) => Ok(None),
+            (Some(bill), Some(chain)) => Ok(Some(chain.check(bill, receipt, &key)?.clone())),
+            (Some(_), None) => Err(SessionError::Closed(
+                "the enclave sent a bill, but no payment channel is bound".into(),
+            )),
         }
     }
 

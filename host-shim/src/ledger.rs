@@ -425,6 +425,21 @@ impl Ledger {
             .optional()?)
     }
 
+    /// The newest signed charge of a channel as its BOC, if any (what the enclave
+    /// resumes its count from after a restart).
+    pub fn latest_signed(&self, channel: &TonAddress) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT c.signed_boc FROM latest l JOIN charges c
+                     ON c.channel = l.channel AND c.seqno = l.seqno
+                 WHERE l.channel = ?1",
+                [key(channel)],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// Every recorded charge of a channel as `(seqno, cumulative)`, in seqno order.
     pub fn charges(&self, channel: &TonAddress) -> Result<Vec<(u64, u128)>> {
         let mut stmt = self

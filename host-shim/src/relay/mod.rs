@@ -62,12 +62,17 @@ pub struct Args {
     /// PEM private key for --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Billing: ledger, TON endpoint, settlement policy.
+    #[command(flatten)]
+    pub billing: chrysalis_shim::settle::BillingArgs,
 }
 
 /// Shared state of every handler.
 struct Shim {
     enclave: EnclaveAddr,
     metrics: Metrics,
+    /// Ledger and TON endpoint, when billing is configured.
+    billing: Option<chrysalis_shim::settle::Billing>,
 }
 
 /// Runs the API until the process is stopped.
@@ -75,7 +80,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let shim = Arc::new(Shim {
         enclave: args.enclave.clone(),
         metrics: Metrics::default(),
+        billing: chrysalis_shim::settle::Billing::open(&args.billing)
+            .context("could not open the billing ledger")?,
     });
+    if let Some(billing) = &shim.billing {
+        billing.spawn_settler()?;
+    }
     let app = router(shim);
     let tcp = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -210,6 +220,13 @@ async fn relay(shim: Arc<Shim>, ws: WebSocket, link: Box<dyn Link>) {
                         if write_frame(&mut to_enclave, &frame).await.is_err() {
                             return ("enclave connection lost", Some(1011));
                         }
+                        if let Some(billing) = &shim.billing {
+                            for extra in billing.after_client_frame(&frame).await {
+                                if write_frame(&mut to_enclave, &extra).await.is_err() {
+                                    return ("enclave connection lost", Some(1011));
+                                }
+                            }
+                        }
                     }
                     Message::Close(_) => return ("client closed", None),
                     Message::Ping(_) | Message::Pong(_) => {}
@@ -225,6 +242,17 @@ async fn relay(shim: Arc<Shim>, ws: WebSocket, link: Box<dyn Link>) {
             loop {
                 match read_frame(&mut from_enclave).await {
                     Ok(Some(frame)) => {
+                        // A charge is committed here, before the next frame (its bill
+                        // and receipt) is read, and is not relayed.
+                        use chrysalis_shim::settle::{enclave_frame, EnclaveFrame};
+                        match enclave_frame(shim.billing.as_ref(), &frame).await {
+                            Ok(EnclaveFrame::Forward) => {}
+                            Ok(EnclaveFrame::Recorded) => continue,
+                            Err(e) => {
+                                tracing::error!(error = %e, "charge not recorded; session closed before its receipt");
+                                return ("the provider could not record the charge", Some(1011));
+                            }
+                        }
                         Metrics::inc(&m.frames_to_client_total);
                         Metrics::add(&m.bytes_to_client_total, frame.len());
                         if ws_tx.send(Message::Binary(frame.into())).await.is_err() {
