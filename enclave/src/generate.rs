@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use chrysalis_kernels::CpuBackend;
+use chrysalis_kernels::cuda::DeviceSpec;
 use chrysalis_models::chat::ChatMessage;
 use chrysalis_models::engine::{Engine, GenerateOptions, Generation, StopReason};
 use chrysalis_models::sampling::SamplingParams;
@@ -93,6 +93,11 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub threads: usize,
 
+    /// Where the kernels run: `cpu`, or `cuda[:N]` for NVIDIA GPU N (fails with "no CUDA
+    /// driver" on a machine without one).
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub device: DeviceSpec,
+
     /// Print one JSON object (ids, text, top logits, timings) instead of streaming text.
     #[arg(long)]
     pub json: bool,
@@ -171,14 +176,21 @@ pub fn open_model_expecting(
 
 /// Runs the command.
 pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
-    let backend = CpuBackend::with_threads(args.threads).context("starting the CPU backend")?;
-    let (backend_name, threads) = (
-        chrysalis_kernels::Backend::name(&backend),
-        backend.threads(),
-    );
+    let backend = args
+        .device
+        .open_with(args.threads)
+        .with_context(|| format!("starting the {} backend", args.device))?;
+    let backend_name = backend.name();
+    // Kernel threads on the CPU (0 asks for one per CPU, as the CPU backend does); a GPU
+    // backend reports 0.
+    let threads = match (args.device, args.threads) {
+        (DeviceSpec::Cpu, 0) => std::thread::available_parallelism().map_or(1, usize::from),
+        (DeviceSpec::Cpu, n) => n,
+        (DeviceSpec::Cuda(_), _) => 0,
+    };
     let load_started = Instant::now();
     let dir = open_model(&args.model)?;
-    let engine = Engine::load(dir, Arc::new(backend)).context("building the model")?;
+    let engine = Engine::load(dir, Arc::from(backend)).context("building the model")?;
     let load_ms = load_started.elapsed().as_secs_f64() * 1e3;
     if !args.json {
         eprintln!(

@@ -1,9 +1,10 @@
-//! The real engine behind the scheduler: `chrysalis-models`' Llama on the CPU backend.
+//! The real engine behind the scheduler: `chrysalis-models`' Llama on the CPU or CUDA
+//! backend (`--device`).
 
 use std::sync::Arc;
 
 use anyhow::Context;
-use chrysalis_kernels::CpuBackend;
+use chrysalis_kernels::cuda::DeviceSpec;
 use chrysalis_models::chat::ChatMessage;
 use chrysalis_models::engine::Engine;
 use chrysalis_models::kv_cache::KvCache;
@@ -18,17 +19,19 @@ pub struct LlamaEngine {
 }
 
 impl LlamaEngine {
-    /// Loads and verifies the model directory (`threads`: 0 or `None` for all cores);
-    /// with `expected_root`, its Merkle root must equal that one.
+    /// Loads and verifies the model directory on `device` (`threads`: CPU threads, 0 or
+    /// `None` for all cores); with `expected_root`, its Merkle root must equal that one.
     pub fn load(
         name_or_dir: &str,
         expected_root: Option<[u8; 32]>,
+        device: DeviceSpec,
         threads: Option<usize>,
     ) -> anyhow::Result<Self> {
-        let backend =
-            CpuBackend::with_threads(threads.unwrap_or(0)).context("starting the CPU backend")?;
+        let backend = device
+            .open_with(threads.unwrap_or(0))
+            .with_context(|| format!("starting the {device} backend"))?;
         let dir = crate::generate::open_model_expecting(name_or_dir, expected_root)?;
-        let engine = Engine::load(dir, Arc::new(backend)).context("building the model")?;
+        let engine = Engine::load(dir, Arc::from(backend)).context("building the model")?;
         Ok(Self { engine })
     }
 

@@ -4,7 +4,6 @@
 //! engine ([`scheduler`]). Plaintext exists only inside this process: logs carry
 //! session ids, token counts and timings, never text.
 
-mod billing;
 mod dev_evidence;
 mod engine;
 #[allow(unsafe_code)] // AF_VSOCK through libc; every block has a SAFETY note.
@@ -61,12 +60,13 @@ pub struct Args {
     /// Seconds a connection may stay silent before it is closed.
     #[arg(long, default_value_t = 300)]
     pub idle_timeout_secs: u64,
-    /// Prices, part of the measured configuration.
-    #[command(flatten)]
-    pub prices: billing::PriceArgs,
     /// Compute threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Where the kernels run: `cpu`, or `cuda[:N]` for NVIDIA GPU N (fails with "no
+    /// CUDA driver" on a machine without one).
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub device: chrysalis_kernels::cuda::DeviceSpec,
 }
 
 /// Settings every connection reads.
@@ -115,7 +115,6 @@ pub struct Server {
     evidence: Box<dyn EvidenceSource>,
     issued: Mutex<IssuedEvidence>,
     scheduler: SchedulerHandle,
-    billing: billing::Billing,
     sessions: Arc<Semaphore>,
     config: ServeConfig,
     session_counter: AtomicU64,
@@ -200,7 +199,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     eprintln!("chrysalis-enclave: DEV MODE: simulated evidence, random keys. INSECURE: nothing here is attested.");
-    let engine = llama_engine::LlamaEngine::load(&args.model, args.model_root, args.threads)?;
+    let engine = llama_engine::LlamaEngine::load(
+        &args.model,
+        args.model_root,
+        args.device,
+        args.threads,
+    )?;
     let model_root = engine.model_root();
     let limits = Limits {
         max_prompt_tokens: args.max_prompt_tokens,
@@ -215,11 +219,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         evidence: Box::new(SimulatedEvidence::new()),
         issued: Mutex::new(IssuedEvidence::default()),
         scheduler,
-        billing: billing::Billing::new(
-            args.prices.prices(),
-            args.max_prompt_tokens,
-            args.max_new_tokens,
-        ),
         sessions: Arc::new(Semaphore::new(args.max_sessions)),
         config: ServeConfig {
             max_sessions: args.max_sessions,

@@ -60,6 +60,15 @@ impl DeviceSpec {
     pub fn open(self) -> Result<Box<dyn Backend>, KernelError> {
         match self {
             Self::Cpu => Ok(Box::new(CpuBackend::new())),
+            Self::Cuda(_) => self.open_with(0),
+        }
+    }
+
+    /// As [`DeviceSpec::open`], with the CPU backend on `cpu_threads` threads (0: one
+    /// per CPU); the number is ignored for a GPU.
+    pub fn open_with(self, cpu_threads: usize) -> Result<Box<dyn Backend>, KernelError> {
+        match self {
+            Self::Cpu => Ok(Box::new(CpuBackend::with_threads(cpu_threads)?)),
             Self::Cuda(index) => Ok(Box::new(super::CudaBackend::new(index)?)),
         }
     }
