@@ -4,6 +4,7 @@
 //! engine ([`scheduler`]). Plaintext exists only inside this process: logs carry
 //! session ids, token counts and timings, never text.
 
+mod billing;
 mod dev_evidence;
 mod engine;
 #[allow(unsafe_code)] // AF_VSOCK through libc; every block has a SAFETY note.
@@ -60,6 +61,9 @@ pub struct Args {
     /// Seconds a connection may stay silent before it is closed.
     #[arg(long, default_value_t = 300)]
     pub idle_timeout_secs: u64,
+    /// Prices, part of the measured configuration.
+    #[command(flatten)]
+    pub prices: billing::PriceArgs,
     /// Compute threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -115,6 +119,7 @@ pub struct Server {
     evidence: Box<dyn EvidenceSource>,
     issued: Mutex<IssuedEvidence>,
     scheduler: SchedulerHandle,
+    billing: billing::Billing,
     sessions: Arc<Semaphore>,
     config: ServeConfig,
     session_counter: AtomicU64,
@@ -219,6 +224,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         evidence: Box::new(SimulatedEvidence::new()),
         issued: Mutex::new(IssuedEvidence::default()),
         scheduler,
+        billing: billing::Billing::new(
+            args.prices.prices(),
+            args.max_prompt_tokens,
+            args.max_new_tokens,
+        ),
         sessions: Arc::new(Semaphore::new(args.max_sessions)),
         config: ServeConfig {
             max_sessions: args.max_sessions,
