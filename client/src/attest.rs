@@ -9,17 +9,11 @@
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use chrysalis_measurements::snp::{EndorsementKey, Policy, Verifier};
+use chrysalis_measurements::snp::{extract, verify_with_certs, Policy, Report};
 use chrysalis_protocol::{Evidence, EvidenceKind, EvidenceRequest, Frame, PlainMessage};
-use ed25519_dalek::{Signature, VerifyingKey};
 use rand_core::{OsRng, RngCore};
 
 use crate::transport::Endpoint;
-
-/// Magic of a simulated report (layout in the enclave's `dev_evidence` module).
-const SIMULATED_MAGIC: &[u8; 32] = b"CHRYSALIS SIMULATED REPORT v1\0\0\0";
-/// Length of a simulated report: magic, REPORT_DATA, signature.
-const SIMULATED_REPORT_LEN: usize = 160;
 
 /// Why evidence was not accepted. Each variant names the failed check.
 #[derive(Debug, thiserror::Error)]
@@ -192,38 +186,28 @@ pub fn verify(
     }
 }
 
+/// A simulated report has the SNP layout (the enclave's `attest::simulated`): parse it
+/// as one, compare REPORT_DATA, and check the signature under the throwaway P-384 key
+/// that came as the only certificate.
 fn check_simulated(evidence: &Evidence, expected: &[u8; 64]) -> Result<(), AttestError> {
-    let r = &evidence.report;
-    if r.len() != SIMULATED_REPORT_LEN || &r[..32] != SIMULATED_MAGIC {
-        return Err(AttestError::Simulated(format!(
-            "expected {SIMULATED_REPORT_LEN} bytes starting with the simulated magic, found {} bytes",
-            r.len()
-        )));
-    }
-    if &r[32..96] != expected {
+    let simulated = |e: &dyn std::fmt::Display| AttestError::Simulated(e.to_string());
+    let report = Report::parse(&evidence.report).map_err(|e| simulated(&e))?;
+    if report.report_data() != *expected {
         return Err(AttestError::ReportData {
-            found: hex::encode(&r[32..96]),
+            found: hex::encode(report.report_data()),
             expected: hex::encode(expected),
         });
     }
-    let key_bytes: [u8; 32] = evidence
-        .cert_chain
-        .first()
-        .and_then(|k| k.as_slice().try_into().ok())
-        .ok_or_else(|| {
-            AttestError::Simulated(
-                "expected the 32-byte throwaway key as the only certificate".into(),
-            )
-        })?;
-    let key =
-        VerifyingKey::from_bytes(&key_bytes).map_err(|e| AttestError::Simulated(e.to_string()))?;
-    let sig_bytes: [u8; 64] = r[96..]
-        .try_into()
-        .map_err(|_| AttestError::Simulated("short signature".into()))?;
-    key.verify_strict(&r[..96], &Signature::from_bytes(&sig_bytes))
-        .map_err(|_| {
-            AttestError::Simulated("signature does not verify under the enclosed key".into())
-        })
+    let key = match evidence.cert_chain.as_slice() {
+        [key] => key,
+        other => {
+            return Err(AttestError::Simulated(format!(
+                "expected the throwaway key as the only certificate, found {} certificates",
+                other.len()
+            )))
+        }
+    };
+    extract::check_simulated_signature(&report, key).map_err(|e| simulated(&e))
 }
 
 fn verify_snp(
@@ -233,15 +217,6 @@ fn verify_snp(
     trust: &TrustOptions,
 ) -> Result<Verdict, AttestError> {
     let snp = |e: &dyn std::fmt::Display| AttestError::Snp(e.to_string());
-    let vek_der = evidence
-        .cert_chain
-        .first()
-        .ok_or_else(|| AttestError::Snp("no VCEK/VLEK in the evidence".into()))?;
-    let vek = EndorsementKey::parse(vek_der).map_err(|e| snp(&e))?;
-    let mut verifier = Verifier::pinned().map_err(|e| snp(&e))?;
-    if let Some(chain) = evidence.cert_chain.get(1) {
-        verifier = verifier.with_supplied_chain(chain).map_err(|e| snp(&e))?;
-    }
     let measurements = match &trust.manifests {
         Some(path) => {
             Some(chrysalis_measurements::snp::expect::load_manifests(path).map_err(|e| snp(&e))?)
@@ -254,9 +229,13 @@ fn verify_snp(
         measurements,
         ..Policy::default()
     };
-    let verified = verifier
-        .verify(&evidence.report, &vek, &policy, SystemTime::now())
-        .map_err(|e| snp(&e))?;
+    let verified = verify_with_certs(
+        &evidence.report,
+        &evidence.cert_chain,
+        &policy,
+        SystemTime::now(),
+    )
+    .map_err(|e| snp(&e))?;
     let mut checks = vec![
         "certificate chain to AMD's pinned root".to_string(),
         "report signature over the raw bytes".to_string(),

@@ -11,7 +11,7 @@
 //! caller computes REPORT_DATA with `chrysalis_protocol::evidence::report_data` and
 //! wraps the result in the protocol's `Evidence`.
 
-pub mod attester;
+pub mod identity;
 #[allow(unsafe_code)]
 pub mod linux;
 pub mod simulated;
@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use chrysalis_measurements::snp::VerifyError;
 use zeroize::Zeroizing;
 
-pub use attester::{Attester, Identity};
+pub use identity::Identity;
 
 /// What kind of evidence a provider produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,6 @@
 //! session ids, token counts and timings, never text.
 
 mod billing;
-mod dev_evidence;
 mod engine;
 #[allow(unsafe_code)] // AF_VSOCK through libc; every block has a SAFETY note.
 mod listen;
@@ -22,7 +21,7 @@ use anyhow::Context;
 use chrysalis_protocol::{Evidence, SealedChannel, SessionOpen, Usage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use dev_evidence::{EvidenceSource, Identity, SimulatedEvidence};
+use crate::attest::{self, CertOffer, EvidenceProvider, Identity, ProviderKind};
 pub use listen::ListenAddr;
 use scheduler::{Limits, SchedulerHandle};
 use session::ConnError;
@@ -43,7 +42,8 @@ pub struct Args {
     #[arg(long, value_name = "HEX", value_parser = parse_root)]
     pub model_root: Option<[u8; 32]>,
     /// Development mode: random keys and SIMULATED evidence. INSECURE: the evidence
-    /// proves nothing; clients refuse it unless told --allow-simulated.
+    /// proves nothing; clients refuse it unless told --allow-simulated. Refused on
+    /// SEV-SNP hardware, where the enclave always serves real evidence.
     #[arg(long)]
     pub dev: bool,
     /// Most sealed sessions open at once; more are refused with "overloaded".
@@ -116,7 +116,7 @@ impl IssuedEvidence {
 /// Everything connections share.
 pub struct Server {
     identity: Identity,
-    evidence: Box<dyn EvidenceSource>,
+    evidence: Box<dyn EvidenceProvider>,
     issued: Mutex<IssuedEvidence>,
     scheduler: SchedulerHandle,
     billing: billing::Billing,
@@ -129,12 +129,26 @@ pub struct Server {
 
 impl Server {
     fn evidence_for(&self, nonce: &[u8; 32]) -> Result<Evidence, String> {
-        let evidence = self.evidence.evidence(&self.identity, nonce)?;
+        let evidence = self
+            .identity
+            .evidence(self.evidence.as_ref(), nonce)
+            .map_err(|e| e.to_string())?;
         self.issued
             .lock()
             .map_err(|_| "evidence store poisoned".to_owned())?
             .insert(evidence.hash());
         Ok(evidence)
+    }
+
+    /// A certificate bundle from the shim: kept only if it verifies our own report.
+    fn offer_certificates(&self, certs: Vec<Vec<u8>>) {
+        match self.evidence.offer_certificates(certs) {
+            Ok(CertOffer::Kept) => tracing::info!(
+                "certificates from the shim verified; attached to evidence from now on"
+            ),
+            Ok(CertOffer::Unchanged | CertOffer::Ignored) => {}
+            Err(e) => tracing::warn!(error = %e, "certificates from the shim refused"),
+        }
     }
 
     fn accept_session(&self, open: &SessionOpen) -> Result<SealedChannel, String> {
@@ -197,13 +211,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .try_init();
-    if !args.dev {
-        anyhow::bail!(
-            "no SEV-SNP evidence provider is available in this build; pass --dev to serve \
-             with SIMULATED, INSECURE evidence on a development machine"
-        );
+    let provider = attest::select(args.dev, Vec::new())?;
+    match provider.kind() {
+        ProviderKind::Simulated => eprintln!(
+            "chrysalis-enclave: DEV MODE: simulated evidence, random keys. INSECURE: nothing here is attested."
+        ),
+        ProviderKind::SevSnp => eprintln!(
+            "chrysalis-enclave: SEV-SNP evidence; keys derived from the firmware's measurement-bound key"
+        ),
     }
-    eprintln!("chrysalis-enclave: DEV MODE: simulated evidence, random keys. INSECURE: nothing here is attested.");
     let engine = llama_engine::LlamaEngine::load(
         &args.model,
         args.model_root,
@@ -220,8 +236,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let scheduler =
         scheduler::spawn(engine, limits).context("could not start the engine thread")?;
     let server = Arc::new(Server {
-        identity: Identity::random(model_root),
-        evidence: Box::new(SimulatedEvidence::new()),
+        identity: Identity::from_provider(provider.as_ref(), model_root)?,
+        evidence: provider,
         issued: Mutex::new(IssuedEvidence::default()),
         scheduler,
         billing: billing::Billing::new(

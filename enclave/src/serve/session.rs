@@ -98,6 +98,7 @@ where
                 };
                 send_plain(&mut stream, &answer).await?;
             }
+            PlainMessage::CertBundle(bundle) => server.offer_certificates(bundle.certs),
             PlainMessage::SessionOpen(open) => {
                 let Some(permit) = server.try_session_permit() else {
                     let why = format!(

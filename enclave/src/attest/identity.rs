@@ -1,12 +1,12 @@
 //! The enclave's identity and the evidence it hands out.
 //!
-//! An [`Attester`] owns the provider (SNP or simulated), the keys derived from the
-//! provider's key seed, and the model root; it turns a client's nonce into the
-//! protocol's [`Evidence`] with `REPORT_DATA` bound as DESIGN.md says.
+//! [`Identity`] holds the keys derived from a provider's key seed and the model root;
+//! [`Identity::evidence`] turns a client's nonce into the protocol's [`Evidence`], with
+//! `REPORT_DATA` bound as DESIGN.md says, from whichever provider was selected.
 
 use chrysalis_protocol::{report_data, EnclaveKeys, Evidence, EvidenceKind, MAX_CERTS};
 
-use super::{AttestError, CertOffer, EvidenceProvider, ProviderKind};
+use super::{AttestError, EvidenceProvider, ProviderKind};
 
 /// Manifest id claimed by simulated evidence.
 pub const SIMULATED_MANIFEST_ID: &str = "dev-simulated";
@@ -23,46 +23,33 @@ pub struct Identity {
     pub model_root: [u8; 32],
 }
 
-/// Produces evidence for one identity from one provider.
-pub struct Attester {
-    provider: Box<dyn EvidenceProvider>,
-    identity: Identity,
-}
-
-impl Attester {
+impl Identity {
     /// Derives the enclave keys from the provider's key seed.
-    pub fn new(
-        provider: Box<dyn EvidenceProvider>,
+    pub fn from_provider(
+        provider: &dyn EvidenceProvider,
         model_root: [u8; 32],
     ) -> Result<Self, AttestError> {
         let seed = provider.key_seed()?;
-        let identity = Identity {
+        Ok(Self {
             keys: EnclaveKeys::from_seed(&seed),
             model_root,
-        };
-        Ok(Self { provider, identity })
+        })
     }
 
-    /// The keys and model root.
-    pub fn identity(&self) -> &Identity {
-        &self.identity
-    }
-
-    /// Hardware or simulated.
-    pub fn kind(&self) -> ProviderKind {
-        self.provider.kind()
-    }
-
-    /// Evidence whose report binds the enclave keys, the model root and `nonce`.
-    pub fn evidence(&self, nonce: &[u8; 32]) -> Result<Evidence, AttestError> {
-        let keys = &self.identity.keys;
+    /// Evidence from `provider` whose report binds these keys, the model root and
+    /// `nonce`.
+    pub fn evidence(
+        &self,
+        provider: &dyn EvidenceProvider,
+        nonce: &[u8; 32],
+    ) -> Result<Evidence, AttestError> {
         let binding = report_data(
-            &keys.x25519_public(),
-            &keys.ed25519_public(),
-            &self.identity.model_root,
+            &self.keys.x25519_public(),
+            &self.keys.ed25519_public(),
+            &self.model_root,
             nonce,
         );
-        let bundle = self.provider.report(&binding)?;
+        let bundle = provider.report(&binding)?;
         if bundle.certs.len() > MAX_CERTS {
             return Err(AttestError::Malformed {
                 what: "certificate list",
@@ -78,17 +65,11 @@ impl Attester {
             kind,
             report: bundle.report,
             cert_chain: bundle.certs,
-            x25519_pub: keys.x25519_public(),
-            ed25519_pub: keys.ed25519_public(),
-            model_root: self.identity.model_root,
+            x25519_pub: self.keys.x25519_public(),
+            ed25519_pub: self.keys.ed25519_public(),
+            model_root: self.model_root,
             manifest_id: manifest_id.to_owned(),
         })
-    }
-
-    /// Passes a certificate bundle from the shim to the provider, which keeps it only
-    /// if it verifies the provider's own report.
-    pub fn offer_certificates(&self, certs: Vec<Vec<u8>>) -> Result<CertOffer, AttestError> {
-        self.provider.offer_certificates(certs)
     }
 }
 
@@ -98,15 +79,13 @@ mod tests {
 
     use super::*;
     use crate::attest::simulated::SimulatedProvider;
-
-    fn attester() -> Attester {
-        Attester::new(Box::new(SimulatedProvider::new()), [3; 32]).unwrap()
-    }
+    use crate::attest::CertOffer;
 
     #[test]
     fn evidence_binds_keys_model_and_nonce_and_verifies() {
-        let a = attester();
-        let evidence = a.evidence(&[7; 32]).unwrap();
+        let provider = SimulatedProvider::new();
+        let identity = Identity::from_provider(&provider, [3; 32]).unwrap();
+        let evidence = identity.evidence(&provider, &[7; 32]).unwrap();
         assert_eq!(evidence.kind, EvidenceKind::Simulated);
         assert_eq!(evidence.manifest_id, SIMULATED_MANIFEST_ID);
         let report = Report::parse(&evidence.report).unwrap();
@@ -126,24 +105,18 @@ mod tests {
     fn keys_come_from_the_provider_seed() {
         let provider = SimulatedProvider::new();
         let seed = provider.key_seed().unwrap();
-        let a = Attester::new(Box::new(provider), [0; 32]).unwrap();
+        let identity = Identity::from_provider(&provider, [0; 32]).unwrap();
         let expected = EnclaveKeys::from_seed(&seed);
-        assert_eq!(a.identity().keys.x25519_public(), expected.x25519_public());
-        assert_eq!(
-            a.identity().keys.ed25519_public(),
-            expected.ed25519_public()
-        );
+        assert_eq!(identity.keys.x25519_public(), expected.x25519_public());
+        assert_eq!(identity.keys.ed25519_public(), expected.ed25519_public());
         // Dev mode: another start, other keys.
-        assert_ne!(
-            attester().identity().keys.x25519_public(),
-            a.identity().keys.x25519_public()
-        );
+        let other = Identity::from_provider(&SimulatedProvider::new(), [0; 32]).unwrap();
+        assert_ne!(other.keys.x25519_public(), identity.keys.x25519_public());
     }
 
     #[test]
     fn simulation_ignores_certificate_bundles() {
-        let a = attester();
-        let offer = a.offer_certificates(vec![vec![1, 2, 3]]).unwrap();
-        assert_eq!(offer, CertOffer::Ignored);
+        let offer = SimulatedProvider::new().offer_certificates(vec![vec![1, 2, 3]]);
+        assert_eq!(offer.unwrap(), CertOffer::Ignored);
     }
 }
