@@ -46,7 +46,8 @@ impl ParityRow {
         }
     }
 
-    fn exact(check: impl Into<String>, outcome: Result<(), String>) -> Self {
+    /// A pass/fail row: error 0 when `outcome` is Ok, 1 with its message otherwise.
+    pub fn exact(check: impl Into<String>, outcome: Result<(), String>) -> Self {
         Self {
             check: check.into(),
             error: if outcome.is_ok() { 0.0 } else { 1.0 },
