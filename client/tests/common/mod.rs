@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use chrysalis_client::attest::TrustOptions;
 use chrysalis_client::session::{Session, SessionError};
 use chrysalis_client::transport::Endpoint;
-use chrysalis_protocol::{ChatMessage, InferenceRequest, Prompt, Role, SamplingParams};
+use chrysalis_protocol::{ChatMessage, ErrorCode, InferenceRequest, Prompt, Role, SamplingParams};
 
 /// The model every end-to-end test serves.
 pub const MODEL: &str = "smollm2-135m";
@@ -35,18 +35,22 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The path of a workspace binary in this test's profile, built on demand.
+/// The path of a workspace binary in this test's profile. The first call in a test
+/// process runs `cargo build` for the enclave, shim and client, so the processes under
+/// test are built from the same sources as the test itself (a no-op when up to date).
 pub fn binary(name: &str) -> PathBuf {
-    let path = target_dir().join(name);
-    if !path.exists() {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    BUILD.call_once(|| {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args("build -p chrysalis-enclave -p chrysalis-shim -p chrysalis-client".split(' '))
-            .status()
-            .expect("run cargo build");
+        let mut cmd = Command::new(cargo);
+        cmd.args("build -p chrysalis-enclave -p chrysalis-shim -p chrysalis-client".split(' '));
+        if target_dir().ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "building the binaries failed");
-    }
-    path
+    });
+    target_dir().join(name)
 }
 
 /// The installed model's directory; fails with the command that installs it.
@@ -154,7 +158,8 @@ fn enclave_command(listen: &str, extra: &[String], log: Option<&Path>) -> Comman
         .arg(model_dir())
         .args(extra);
     if log.is_some() {
-        cmd.env("RUST_LOG", "trace");
+        // NO_COLOR: plain text, so tests can search the logs for `key=value`.
+        cmd.env("RUST_LOG", "trace").env("NO_COLOR", "1");
     }
     cmd
 }
@@ -170,7 +175,8 @@ pub fn shim_command(enclave_addr: &str, log: Option<&Path>) -> Command {
         "127.0.0.1:0",
     ]);
     if log.is_some() {
-        cmd.env("RUST_LOG", "trace");
+        // NO_COLOR: plain text, so tests can search the logs for `key=value`.
+        cmd.env("RUST_LOG", "trace").env("NO_COLOR", "1");
     }
     cmd
 }
@@ -342,8 +348,7 @@ pub async fn open_session_retrying(endpoint: &Endpoint) -> Result<Session, Sessi
     loop {
         match Session::open(endpoint, &insecure_trust()).await {
             Err(SessionError::Refused { code, .. })
-                if code == chrysalis_protocol::ErrorCode::Overloaded
-                    && start.elapsed() < Duration::from_secs(10) =>
+                if code == ErrorCode::Overloaded && start.elapsed() < Duration::from_secs(10) =>
             {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -503,8 +508,25 @@ pub struct RawSession {
 
 impl RawSession {
     /// Verifies fresh evidence and opens a session, drawing the client's ephemeral key
-    /// from `rng`.
+    /// from `rng`; retries for a while when the enclave says it is full (a session that
+    /// just ended may not have given its slot back yet).
     pub async fn open(endpoint: &Endpoint, rng: &mut impl rand_core::CryptoRngCore) -> Self {
+        let start = Instant::now();
+        loop {
+            match Self::try_open(endpoint, rng).await {
+                Ok(raw) => return raw,
+                Err(e) if e.code == ErrorCode::Overloaded && start.elapsed().as_secs() < 10 => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("session refused: {e:?}"),
+            }
+        }
+    }
+
+    async fn try_open(
+        endpoint: &Endpoint,
+        rng: &mut impl rand_core::CryptoRngCore,
+    ) -> Result<Self, chrysalis_protocol::ErrorMessage> {
         use chrysalis_protocol::{PlainMessage, SealedChannel};
         let verdict = chrysalis_client::attest::fetch_and_verify(endpoint, &insecure_trust())
             .await
@@ -525,7 +547,8 @@ impl RawSession {
         raw.send(frame).await;
         match raw.next().await {
             Reply::Frame(f) => match PlainMessage::from_frame(&f) {
-                Ok(PlainMessage::SessionAccept(_)) => raw,
+                Ok(PlainMessage::SessionAccept(_)) => Ok(raw),
+                Ok(PlainMessage::Error(e)) => Err(e),
                 other => panic!("expected a session accept, got {other:?}"),
             },
             other => panic!("expected a session accept, got {other:?}"),

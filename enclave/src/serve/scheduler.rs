@@ -160,6 +160,16 @@ pub fn spawn<E: StepEngine>(engine: E, limits: Limits) -> std::io::Result<Schedu
     Ok(SchedulerHandle { jobs, model_name })
 }
 
+/// Notes sequences dropped because their session went away (counts only).
+fn log_abandoned(count: usize) {
+    if count > 0 {
+        tracing::info!(
+            count,
+            "sequence abandoned by its session; dropped from the batch"
+        );
+    }
+}
+
 /// One admitted sequence.
 struct Sequence<C> {
     cache: C,
@@ -293,7 +303,9 @@ impl<E: StepEngine> Scheduler<E> {
     /// One forward pass over every active sequence, then sampling and retirement.
     fn step(&mut self) {
         // Abandoned sequences (client gone) leave before we spend compute on them.
+        let before = self.active.len();
         self.active.retain(|s| !s.events.is_closed());
+        log_abandoned(before - self.active.len());
         if self.active.is_empty() {
             return;
         }
@@ -349,6 +361,7 @@ impl<E: StepEngine> Scheduler<E> {
             self.new_text(&mut seq)
         };
         if seq.events.send(Event::Token { id, text }).is_err() {
+            log_abandoned(1);
             return None;
         }
         let reason = if stop {

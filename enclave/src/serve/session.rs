@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrysalis_protocol::{
-    ErrorCode, ErrorMessage, Frame, FrameHeader, InferenceRequest, PlainMessage, Receipt,
-    ResponseEnd, SealedChannel, SealedMessage, SessionAccept, Signed, StreamChunk, Usage,
+    ErrorCode, ErrorMessage, Frame, FrameHeader, InferenceRequest, PlainMessage, ProtocolError,
+    Receipt, ResponseEnd, SealedChannel, SealedMessage, SessionAccept, Signed, StreamChunk, Usage,
     HEADER_LEN,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -50,6 +50,27 @@ async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> Result<Option<Frame>, C
     Ok(Some(Frame::decode(&bytes)?))
 }
 
+/// Reads the next frame within the idle timeout. A frame the protocol refuses (bad
+/// version or kind, a length over the maximum, a malformed body) is answered with a
+/// plain error that names the problem, so the peer learns why the connection ends.
+async fn read_or_refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    server: &Server,
+    stream: &mut S,
+) -> Result<Option<Frame>, ConnError> {
+    match server.read_idle(read_frame(stream)).await {
+        Err(ConnError::Protocol(e)) => {
+            let code = match e {
+                ProtocolError::UnknownVersion { .. } => ErrorCode::UnsupportedVersion,
+                _ => ErrorCode::BadRequest,
+            };
+            let why = format!("frame refused, connection closed: {e}");
+            send_plain(stream, &PlainMessage::Error(error_message(code, why))).await?;
+            Err(ConnError::Protocol(e))
+        }
+        other => other,
+    }
+}
+
 async fn write_bytes(w: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> Result<(), ConnError> {
     w.write_all(bytes).await?;
     w.flush().await?;
@@ -75,7 +96,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     loop {
-        let frame = match server.read_idle(read_frame(&mut stream)).await? {
+        let frame = match read_or_refuse(&server, &mut stream).await? {
             Some(frame) => frame,
             None => return Ok(()),
         };
@@ -195,7 +216,7 @@ impl Session {
     ) -> Result<(), ConnError> {
         tracing::info!(session = %self.id, "session opened");
         loop {
-            let frame = match self.server.read_idle(read_frame(stream)).await {
+            let frame = match read_or_refuse(&self.server, stream).await {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(()),
                 Err(ConnError::Idle(secs)) => {

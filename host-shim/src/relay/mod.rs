@@ -12,7 +12,8 @@
 //! Each evidence request and each session gets its own connection to the enclave, so a
 //! restarted enclave is picked up by the next request without any state to repair: a
 //! session that was open when the enclave went away is closed with WebSocket code 1011
-//! and the reason "enclave connection lost", and `/healthz` says 503 until it is back.
+//! and a reason that says the enclave is unreachable (the shim checks when the enclave
+//! side ends a session, and logs it), and `/healthz` says 503 until it is back.
 //!
 //! The shim holds no key and parses nothing but frame lengths: confidentiality does
 //! not depend on it, and its logs and metrics carry sizes and counts only.
@@ -37,6 +38,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncReadExt;
 
 pub use enclave_link::EnclaveAddr;
 use enclave_link::{check_frame, read_frame, write_frame, Link};
@@ -46,6 +48,8 @@ use metrics::Metrics;
 const MAX_EVIDENCE_REQUEST: usize = 4096;
 /// How long the enclave may take to produce evidence.
 const EVIDENCE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a liveness probe's connection must stay open for the enclave to count as up.
+const LIVENESS_WINDOW: Duration = Duration::from_millis(250);
 
 /// Options of `chrysalis-shim serve`.
 #[derive(clap::Args, Debug)]
@@ -142,6 +146,29 @@ impl Shim {
                     .into_response())
             }
         }
+    }
+}
+
+impl Shim {
+    /// Whether the enclave is alive: it accepts a connection and keeps it open for
+    /// [`LIVENESS_WINDOW`]. An accepted connection alone proves little: a process being
+    /// killed may close its sessions before its listening socket, which then still
+    /// completes handshakes and resets them a moment later.
+    async fn enclave_alive(&self) -> bool {
+        let Ok(mut link) = self.connect().await else {
+            return false;
+        };
+        let mut byte = [0u8; 1];
+        let alive = match tokio::time::timeout(LIVENESS_WINDOW, link.read(&mut byte)).await {
+            Err(_silent_and_open) => true,
+            Ok(Ok(n)) => n > 0,
+            Ok(Err(_)) => false,
+        };
+        if !alive {
+            self.metrics.enclave_reached(false);
+            tracing::warn!(enclave = %self.enclave, "enclave unreachable: it closed a probe connection (stopped or restarting)");
+        }
+        alive
     }
 }
 
@@ -269,6 +296,7 @@ async fn relay(shim: Arc<Shim>, ws: WebSocket, link: Box<dyn Link>) {
             (why, code) = downstream => (why, code),
         }
     };
+    let (ended, close_code) = explain_enclave_end(&shim, ended, close_code).await;
     if close_code == Some(1011) {
         Metrics::inc(&m.enclave_disconnects_total);
     }
@@ -281,6 +309,26 @@ async fn relay(shim: Arc<Shim>, ws: WebSocket, link: Box<dyn Link>) {
     }
     m.sessions_active.fetch_sub(1, Ordering::Relaxed);
     tracing::info!(ended, "session relay finished");
+}
+
+/// When the enclave's side ended a session, checks whether the enclave is still
+/// there: a session that ended because the enclave stopped or restarted is reported as
+/// such (in the log, the metrics and the close reason the client reads), not as an
+/// ordinary end. A close reason must fit in 123 bytes.
+async fn explain_enclave_end(
+    shim: &Shim,
+    ended: &'static str,
+    close_code: Option<u16>,
+) -> (&'static str, Option<u16>) {
+    let enclave_side = matches!(close_code, Some(1000 | 1011));
+    if enclave_side && !shim.enclave_alive().await {
+        (
+            "enclave unreachable: it stopped or restarted; verify it again and open a new session",
+            Some(1011),
+        )
+    } else {
+        (ended, close_code)
+    }
 }
 
 async fn healthz(State(shim): State<Arc<Shim>>) -> Response {
