@@ -54,6 +54,29 @@ fn every_kernel_compiles_to_ptx_for_sm80_and_sm90() {
 }
 
 #[test]
+fn every_kernel_compiles_to_a_cubin_for_sm80_and_sm90() {
+    let Some(nvrtc) = nvrtc_or_skip() else { return };
+    for source in SOURCES {
+        for sm in [80, 90] {
+            let cubin = nvrtc
+                .compile_cubin(source.name, source.code, sm)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                &cubin[..4],
+                b"\x7fELF",
+                "{} for sm_{sm}: not an ELF",
+                source.name
+            );
+            assert!(
+                chrysalis_kernels::cuda::ptx_cache::has_entry_points(&cubin, source),
+                "{} for sm_{sm}: an entry point is missing from the CUBIN",
+                source.name
+            );
+        }
+    }
+}
+
+#[test]
 fn a_kernel_with_an_error_reports_nvrtc_log() {
     let Some(nvrtc) = nvrtc_or_skip() else { return };
     let broken = "extern \"C\" __global__ void k(float* x) { x[0] = undeclared_name; }";

@@ -14,7 +14,8 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use super::nvrtc::Nvrtc;
-use super::{driver_present, ptx_cache, SOURCES};
+use super::ptx_cache::{self, Output};
+use super::{driver_present, SOURCES};
 use crate::KernelError;
 
 /// The backend name in errors and logs.
@@ -237,8 +238,9 @@ impl CudaDevice {
     }
 }
 
-/// Compiles (or takes from the PTX cache) every source for `compute_{sm}` and loads
-/// its entry points.
+/// Builds (or takes from the cache) every source for the device and loads its entry
+/// points: a CUBIN for `sm_{sm}` first, since it loads on older drivers of the same
+/// major version, and PTX for `compute_{sm}` (JIT by the driver) if the CUBIN does not.
 fn load_kernels(
     ctx: &Arc<CudaContext>,
     sm: u32,
@@ -250,10 +252,20 @@ fn load_kernels(
     let nvrtc = Nvrtc::locate().map_err(nvrtc_error)?;
     let mut functions = HashMap::new();
     for source in SOURCES {
-        let ptx = ptx_cache::ptx_for(&nvrtc, source, sm).map_err(nvrtc_error)?;
-        let module = ctx
-            .load_module(Ptx::from_src(ptx))
-            .map_err(|e| device_error(&format!("loading {}", source.name), e))?;
+        let cubin = ptx_cache::build(&nvrtc, source, sm, Output::Cubin).map_err(nvrtc_error)?;
+        let module = match ctx.load_module(Ptx::from_binary(cubin)) {
+            Ok(module) => module,
+            Err(cubin_err) => {
+                let ptx = ptx_cache::build(&nvrtc, source, sm, Output::Ptx).map_err(nvrtc_error)?;
+                let ptx = String::from_utf8_lossy(&ptx).into_owned();
+                ctx.load_module(Ptx::from_src(ptx)).map_err(|ptx_err| {
+                    device_error(
+                        &format!("loading {} (CUBIN: {cubin_err})", source.name),
+                        format!("PTX: {ptx_err}"),
+                    )
+                })?
+            }
+        };
         for &entry in source.entry_points {
             let function = module
                 .load_function(entry)

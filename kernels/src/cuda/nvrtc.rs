@@ -158,6 +158,8 @@ pub struct Nvrtc {
     compile: CompileProgram,
     ptx_size: GetSize,
     ptx: GetText,
+    cubin_size: GetSize,
+    cubin: GetText,
     log_size: GetSize,
     log: GetText,
     destroy: DestroyProgram,
@@ -275,6 +277,8 @@ impl Nvrtc {
                 compile: function(&library, "nvrtcCompileProgram")?,
                 ptx_size: function(&library, "nvrtcGetPTXSize")?,
                 ptx: function(&library, "nvrtcGetPTX")?,
+                cubin_size: function(&library, "nvrtcGetCUBINSize")?,
+                cubin: function(&library, "nvrtcGetCUBIN")?,
                 log_size: function(&library, "nvrtcGetProgramLogSize")?,
                 log: function(&library, "nvrtcGetProgramLog")?,
                 destroy: function(&library, "nvrtcDestroyProgram")?,
@@ -308,7 +312,35 @@ impl Nvrtc {
     /// Compiles `code` to PTX for the virtual architecture `compute_{sm}` (80 for A100,
     /// 90 for H100/H200).
     pub fn compile_ptx(&self, name: &str, code: &str, sm: u32) -> Result<String, NvrtcError> {
-        let arch = format!("compute_{sm}");
+        let guard = self.compile(name, code, format!("compute_{sm}"))?;
+        self.text(&guard, self.ptx_size, self.ptx, "nvrtcGetPTX")
+    }
+
+    /// Compiles `code` to a CUBIN (machine code) for the real architecture `sm_{sm}`.
+    /// Unlike PTX, which the driver JIT-compiles and which needs a driver at least as new
+    /// as NVRTC, a CUBIN loads on any driver of the same CUDA major version.
+    pub fn compile_cubin(&self, name: &str, code: &str, sm: u32) -> Result<Vec<u8>, NvrtcError> {
+        let guard = self.compile(name, code, format!("sm_{sm}"))?;
+        let mut len = 0usize;
+        // SAFETY: program is live (guard), len is valid for one write.
+        check("nvrtcGetCUBINSize", unsafe {
+            (self.cubin_size)(guard.program, &mut len)
+        })?;
+        let mut buf = vec![0u8; len];
+        // SAFETY: buf holds the `len` bytes NVRTC said it will write.
+        check("nvrtcGetCUBIN", unsafe {
+            (self.cubin)(guard.program, buf.as_mut_ptr().cast())
+        })?;
+        Ok(buf)
+    }
+
+    /// Creates and compiles a program for `arch` (`compute_NN` or `sm_NN`).
+    fn compile(
+        &self,
+        name: &str,
+        code: &str,
+        arch: String,
+    ) -> Result<ProgramGuard<'_>, NvrtcError> {
         let mut options = vec![
             format!("--gpu-architecture={arch}"),
             "--std=c++17".to_owned(),
@@ -353,7 +385,7 @@ impl Nvrtc {
                 log: self.text(&guard, self.log_size, self.log, "nvrtcGetProgramLog")?,
             });
         }
-        self.text(&guard, self.ptx_size, self.ptx, "nvrtcGetPTX")
+        Ok(guard)
     }
 
     /// Reads a NUL-terminated text (PTX or log) of the size NVRTC reports.

@@ -1,11 +1,12 @@
-//! PTX compiled once per (architecture, source): in memory for the process, and on disk
-//! under `$CHRYSALIS_HOME/cache/ptx/` when that variable is set.
+//! Compiled kernels (CUBIN, or PTX as the fallback) built once per (architecture,
+//! source): in memory for the process, and on disk under `$CHRYSALIS_HOME/cache/ptx/`
+//! when that variable is set.
 //!
-//! The key is the SHA-256 of the NVRTC version, the architecture, the program name and
-//! the CUDA C text, so an edited kernel or another NVRTC never reuses stale PTX. The disk
-//! cache is a convenience for development hosts: PTX is code the GPU runs on plaintext,
-//! so the directory must be as trusted as the binary (in the guest image it is unset and
-//! only the in-memory cache is used).
+//! The key is the SHA-256 of the output kind, the NVRTC version, the architecture, the
+//! program name and the CUDA C text, so an edited kernel or another NVRTC never reuses a
+//! stale build. The disk cache is a convenience for development hosts: this is code the
+//! GPU runs on plaintext, so the directory must be as trusted as the binary (in the
+//! guest image it is unset and only the in-memory cache is used).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -17,16 +18,39 @@ use sha2::{Digest, Sha256};
 use super::nvrtc::{Nvrtc, NvrtcError};
 use super::KernelSource;
 
-/// The process-wide cache of compiled kernel sources.
-fn memory() -> &'static Mutex<HashMap<String, String>> {
-    static CACHE: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+/// What NVRTC is asked to produce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Machine code for `sm_NN`: loads on any driver of the same CUDA major version.
+    Cubin,
+    /// PTX for `compute_NN`, JIT-compiled by the driver (needs a driver as new as NVRTC).
+    Ptx,
+}
+
+impl Output {
+    fn extension(self) -> &'static str {
+        match self {
+            Self::Cubin => "cubin",
+            Self::Ptx => "ptx",
+        }
+    }
+}
+
+/// The process-wide cache of compiled kernel sources, by key.
+fn memory() -> &'static Mutex<HashMap<String, Vec<u8>>> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Vec<u8>>>> = OnceLock::new();
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-/// The hex cache key of `source` compiled by NVRTC `version` for `compute_{sm}`.
-pub fn cache_key(version: (i32, i32), sm: u32, source: &KernelSource) -> String {
+/// The hex cache key of `source` compiled to `output` by NVRTC `version` for `sm`.
+pub fn cache_key(output: Output, version: (i32, i32), sm: u32, source: &KernelSource) -> String {
     let mut hasher = Sha256::new();
-    hasher.update(format!("nvrtc {}.{} sm {sm}\0", version.0, version.1));
+    hasher.update(format!(
+        "{} nvrtc {}.{} sm {sm}\0",
+        output.extension(),
+        version.0,
+        version.1
+    ));
     hasher.update(source.name.as_bytes());
     hasher.update([0]);
     hasher.update(source.code.as_bytes());
@@ -41,49 +65,67 @@ fn disk_dir() -> Option<PathBuf> {
     std::env::var_os("CHRYSALIS_HOME").map(|home| Path::new(&home).join("cache/ptx"))
 }
 
-/// The PTX of `source` for `compute_{sm}`: from memory, else from disk, else compiled
+/// `source` compiled to `output` for `sm`: from memory, else from disk, else compiled
 /// (and then stored in both).
-pub fn ptx_for(nvrtc: &Nvrtc, source: &KernelSource, sm: u32) -> Result<String, NvrtcError> {
-    let key = cache_key(nvrtc.version()?, sm, source);
-    if let Some(ptx) = memory().lock().ok().and_then(|m| m.get(&key).cloned()) {
-        return Ok(ptx);
+pub fn build(
+    nvrtc: &Nvrtc,
+    source: &KernelSource,
+    sm: u32,
+    output: Output,
+) -> Result<Vec<u8>, NvrtcError> {
+    let key = cache_key(output, nvrtc.version()?, sm, source);
+    if let Some(hit) = memory().lock().ok().and_then(|m| m.get(&key).cloned()) {
+        return Ok(hit);
     }
-    let file = disk_dir().map(|dir| dir.join(format!("{}-sm{sm}-{key}.ptx", source.name)));
-    let cached = file.as_ref().and_then(|f| std::fs::read_to_string(f).ok());
-    let ptx = match cached {
-        // A truncated write (crash mid-store) would lack the entry points: recompile.
-        Some(ptx) if has_entry_points(&ptx, source) => ptx,
+    let file = disk_dir().map(|dir| {
+        dir.join(format!(
+            "{}-sm{sm}-{key}.{}",
+            source.name,
+            output.extension()
+        ))
+    });
+    let cached = file.as_ref().and_then(|f| std::fs::read(f).ok());
+    let built = match cached {
+        // A truncated write (crash mid-store) would lack the entry points: rebuild.
+        Some(bytes) if has_entry_points(&bytes, source) => bytes,
         _ => {
-            let ptx = nvrtc.compile_ptx(source.name, source.code, sm)?;
+            let bytes = match output {
+                Output::Cubin => nvrtc.compile_cubin(source.name, source.code, sm)?,
+                Output::Ptx => nvrtc
+                    .compile_ptx(source.name, source.code, sm)?
+                    .into_bytes(),
+            };
             if let Some(file) = &file {
-                store(file, &ptx);
+                store(file, &bytes);
             }
-            ptx
+            bytes
         }
     };
     if let Ok(mut m) = memory().lock() {
-        m.insert(key, ptx.clone());
+        m.insert(key, built.clone());
     }
-    Ok(ptx)
+    Ok(built)
 }
 
-/// Whether `ptx` defines every entry point `source` promises.
-pub fn has_entry_points(ptx: &str, source: &KernelSource) -> bool {
-    source
-        .entry_points
-        .iter()
-        .all(|entry| ptx.contains(&format!(".entry {entry}(")))
+/// Whether a build names every entry point `source` promises (PTX `.entry` lines, or
+/// the symbol names in a CUBIN's string table).
+pub fn has_entry_points(build: &[u8], source: &KernelSource) -> bool {
+    source.entry_points.iter().all(|entry| {
+        build
+            .windows(entry.len() + 1)
+            .any(|w| w.starts_with(entry.as_bytes()) && matches!(w[entry.len()], 0 | b'('))
+    })
 }
 
-/// Writes `ptx` to `file` through a temporary name, so readers never see half a file.
-/// Failure only costs a recompilation next time, so it is not an error.
-fn store(file: &Path, ptx: &str) {
+/// Writes `bytes` to `file` through a temporary name, so readers never see half a
+/// file. Failure only costs a rebuild next time, so it is not an error.
+fn store(file: &Path, bytes: &[u8]) {
     let Some(dir) = file.parent() else { return };
     if std::fs::create_dir_all(dir).is_err() {
         return;
     }
     let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-    if std::fs::write(&tmp, ptx).is_ok() && std::fs::rename(&tmp, file).is_err() {
+    if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, file).is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
 }
