@@ -115,3 +115,19 @@ fn a_missing_model_and_bad_flags_fail_with_a_hint() {
     let out = generate(&["--model", MODEL]);
     assert!(!out.status.success(), "a prompt is required");
 }
+
+#[test]
+fn device_flag_names_what_it_accepts_and_cuda_fails_cleanly_without_a_driver() {
+    let out = generate(&["--model", MODEL, "--chat", "hi", "--device", "gpu"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("expected `cpu`, `cuda` or `cuda:N`"), "{err}");
+    if std::path::Path::new("/proc/driver/nvidia").exists() {
+        return; // A GPU host: `cargo xtask gpu-check` covers the CUDA path.
+    }
+    let out = generate(&["--model", MODEL, "--chat", "hi", "--device", "cuda:0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no CUDA driver"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
