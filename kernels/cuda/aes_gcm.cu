@@ -6,7 +6,7 @@
 //   1. aes256_expand_key   (1 thread)   key (32 B, device memory) -> 60 round-key words
 //   2. gcm_ghash_segments  (n threads)  each thread hashes a contiguous run of blocks
 //                                       and scales it by the power of H that follows it
-//   3. gcm_finish          (1 thread)   XORs the runs, forms the tag, compares it in
+//   3. gcm_finish          (1 block)    XORs the runs, forms the tag, compares it in
 //                                       constant time -> *status
 //   4. gcm_ctr_xor         (n threads)  CTR keystream; on decrypt it does nothing unless
 //                                       *status says the tag verified
@@ -63,13 +63,16 @@ extern "C" __global__ void aes256_expand_key(const u8* key, u32* round_keys) {
 
 __device__ __forceinline__ u8 xtime(u8 b) { return (u8)((b << 1) ^ ((b & 0x80) ? 0x1b : 0)); }
 
-// Encrypts one 16-byte block in place (state in column-major byte order, as FIPS-197).
-__device__ void aes256_encrypt_block(const u32* rk, u8 s[16]) {
+// Encrypts one 16-byte block in place (state in column-major byte order, as FIPS-197),
+// with `sbox` in constant memory when every thread encrypts the same block (a broadcast)
+// or in shared memory when threads look up different bytes (constant memory would
+// serialise the lookups of a warp).
+__device__ void aes256_encrypt_block(const u32* rk, const u8* sbox, u8 s[16]) {
     for (int c = 0; c < 4; c++)
         for (int r = 0; r < 4; r++) s[4 * c + r] ^= (u8)(rk[c] >> (24 - 8 * r));
     for (int round = 1; round <= 14; round++) {
         u8 t[16];
-        for (int i = 0; i < 16; i++) t[i] = SBOX[s[i]];
+        for (int i = 0; i < 16; i++) t[i] = sbox[s[i]];
         // ShiftRows: row r of column c comes from column (c + r) mod 4.
         for (int c = 0; c < 4; c++)
             for (int r = 0; r < 4; r++) s[4 * c + r] = t[4 * ((c + r) & 3) + r];
@@ -123,7 +126,7 @@ __device__ Block128 gf_pow(Block128 h, u64 n) {
 
 __device__ Block128 hash_subkey(const u32* rk) {
     u8 zero[16] = {0};
-    aes256_encrypt_block(rk, zero);
+    aes256_encrypt_block(rk, SBOX, zero);
     return load_block(zero, 16);
 }
 
@@ -163,21 +166,36 @@ __device__ void counter_block(const u8* iv, u32 counter, u8 out[16]) {
     out[14] = (u8)(counter >> 8); out[15] = (u8)counter;
 }
 
-// Combines the segments: GHASH = XOR of partials[t], then tag = GHASH ^ E(K, J0). With
+// Combines the segments: GHASH = XOR of partials[t] (one block, a power-of-two number of
+// threads <= 256, reducing in shared memory), then tag = GHASH ^ E(K, J0). With
 // expected != 0 it compares in constant time and writes *status = 1 on a match, 0
 // otherwise; it always writes the computed tag to tag_out.
 extern "C" __global__ void gcm_finish(const u32* rk, const u8* iv, const Block128* partials,
                                       u64 n_segments, const u8* expected, u8* tag_out,
                                       u32* status) {
-    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    __shared__ u64 his[256], los[256];
+    if (blockIdx.x != 0) return;
     Block128 s = {0, 0};
-    for (u64 t = 0; t < n_segments; t++) {
+    for (u64 t = threadIdx.x; t < n_segments; t += blockDim.x) {
         s.hi ^= partials[t].hi;
         s.lo ^= partials[t].lo;
     }
+    his[threadIdx.x] = s.hi;
+    los[threadIdx.x] = s.lo;
+    __syncthreads();
+    for (unsigned int k = blockDim.x / 2; k > 0; k >>= 1) {
+        if (threadIdx.x < k) {
+            his[threadIdx.x] ^= his[threadIdx.x + k];
+            los[threadIdx.x] ^= los[threadIdx.x + k];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x != 0) return;
+    s.hi = his[0];
+    s.lo = los[0];
     u8 j0[16];
     counter_block(iv, 1, j0);
-    aes256_encrypt_block(rk, j0);
+    aes256_encrypt_block(rk, SBOX, j0);
     u8 diff = 0;
     for (int i = 0; i < 16; i++) {
         u64 half = i < 8 ? s.hi : s.lo;
@@ -193,10 +211,13 @@ extern "C" __global__ void gcm_finish(const u32* rk, const u8* iv, const Block12
 extern "C" __global__ void gcm_ctr_xor(const u32* rk, const u8* iv, const u8* in, u8* out,
                                        u64 len, const u32* status) {
     if (status && *status != 1) return;
+    __shared__ u8 sbox[256];
+    for (unsigned int i = threadIdx.x; i < 256; i += blockDim.x) sbox[i] = SBOX[i];
+    __syncthreads();
     u64 block = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (block * 16 >= len) return;
     u8 ks[16];
     counter_block(iv, (u32)(block + 2), ks);
-    aes256_encrypt_block(rk, ks);
+    aes256_encrypt_block(rk, sbox, ks);
     for (u64 i = 0; i < 16 && block * 16 + i < len; i++) out[block * 16 + i] = in[block * 16 + i] ^ ks[i];
 }
