@@ -406,10 +406,9 @@ mod tests {
 
     #[test]
     fn a_real_report_in_a_report_response_still_verifies() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../measurements/tests/data");
-        let hex_text = std::fs::read_to_string(format!("{dir}/report_milan.hex")).unwrap();
-        let report = hex::decode(hex_text.trim()).unwrap();
-        let vcek = std::fs::read(format!("{dir}/vcek_milan.der")).unwrap();
+        use chrysalis_measurements::snp::fixtures;
+        let report = fixtures::milan_report();
+        let vcek = fixtures::read("vcek_milan.der");
         // MSG_REPORT_RSP (Table 24) as the driver hands it back: STATUS 0,
         // REPORT_SIZE 1184, reserved, then the report at 0x20.
         let mut resp = SnpReportResp { data: [0; 4000] };
@@ -417,8 +416,13 @@ mod tests {
         resp.data[0x20..0x20 + 1184].copy_from_slice(&report);
         let extracted = parse_report_response(&resp.data).unwrap();
         assert_eq!(extracted, report);
-        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
         let policy = chrysalis_measurements::snp::Policy::default();
-        chrysalis_measurements::snp::verify_report(&extracted, &vcek, &policy, when).unwrap();
+        chrysalis_measurements::snp::verify_report(
+            &extracted,
+            &vcek,
+            &policy,
+            fixtures::mid_2025(),
+        )
+        .unwrap();
     }
 }

@@ -4,7 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::sync::RwLock;
 use std::time::SystemTime;
 
-use chrysalis_measurements::snp::{verifier_for_certs, Report};
+use chrysalis_measurements::snp::authenticate_with_certs;
 use zeroize::Zeroizing;
 
 use super::linux::{self, SnpDerivedKeyReq, SnpDerivedKeyResp, SnpReportReq, SnpReportResp};
@@ -32,10 +32,7 @@ pub struct SnpProvider {
 /// matches its chip id and REPORTED_TCB. The policy (debug, measurement) is the
 /// client's business, not checked here.
 pub fn check_bundle(report: &[u8], certs: &[Vec<u8>], now: SystemTime) -> Result<(), AttestError> {
-    let refused = AttestError::CertificatesRefused;
-    let (verifier, vek) = verifier_for_certs(certs).map_err(refused)?;
-    let report = Report::parse(report).map_err(refused)?;
-    verifier.authenticate(report, &vek, now).map_err(refused)?;
+    authenticate_with_certs(report, certs, now).map_err(AttestError::CertificatesRefused)?;
     Ok(())
 }
 
@@ -192,35 +189,16 @@ impl EvidenceProvider for SnpProvider {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, UNIX_EPOCH};
+    use chrysalis_measurements::snp::fixtures::{mid_2025, milan_report, read as fixture};
 
     use super::*;
-
-    /// The measurements crate's copies of the real fixtures (../shared/fixtures/snp).
-    fn fixture(name: &str) -> Vec<u8> {
-        let path = format!(
-            "{}/../measurements/tests/data/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
-
-    fn milan_report() -> Vec<u8> {
-        let hex_text = fixture("report_milan.hex");
-        hex::decode(String::from_utf8(hex_text).unwrap().trim()).unwrap()
-    }
-
-    /// Inside the Milan VCEK's validity.
-    fn when() -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(1_700_000_000)
-    }
 
     #[test]
     fn the_right_vcek_and_chain_are_kept() {
         let certs = vec![fixture("vcek_milan.der"), fixture("cert_chain_milan")];
-        check_bundle(&milan_report(), &certs, when()).unwrap();
+        check_bundle(&milan_report(), &certs, mid_2025()).unwrap();
         // The VCEK alone works too: the pinned Milan chain fills in.
-        check_bundle(&milan_report(), &certs[..1], when()).unwrap();
+        check_bundle(&milan_report(), &certs[..1], mid_2025()).unwrap();
     }
 
     #[test]
@@ -230,14 +208,14 @@ mod tests {
             "vcek_turin.der",
             "snp_test-vcek-invalid-new.der",
         ] {
-            let err = check_bundle(&milan_report(), &[fixture(wrong)], when()).unwrap_err();
+            let err = check_bundle(&milan_report(), &[fixture(wrong)], mid_2025()).unwrap_err();
             assert!(
                 matches!(err, AttestError::CertificatesRefused(_)),
                 "{wrong}: {err}"
             );
             assert!(err.to_string().contains("refused"), "{err}");
         }
-        let err = check_bundle(&milan_report(), &[], when()).unwrap_err();
+        let err = check_bundle(&milan_report(), &[], mid_2025()).unwrap_err();
         assert!(err.to_string().contains("no certificate"), "{err}");
     }
 
@@ -249,7 +227,7 @@ mod tests {
             fixture("vcek_turin.der"),
             fixture("vcek_milan.der"),
         ];
-        let err = check_bundle(&milan_report(), &certs, when()).unwrap_err();
+        let err = check_bundle(&milan_report(), &certs, mid_2025()).unwrap_err();
         assert!(matches!(err, AttestError::CertificatesRefused(_)), "{err}");
     }
 

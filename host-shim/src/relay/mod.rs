@@ -69,6 +69,9 @@ pub struct Args {
     /// Billing: ledger, TON endpoint, settlement policy.
     #[command(flatten)]
     pub billing: chrysalis_shim::settle::BillingArgs,
+    /// SEV-SNP: the VCEK handed to the enclave (file, or AMD's KDS with a disk cache).
+    #[command(flatten)]
+    pub vcek: chrysalis_shim::vcek::VcekArgs,
 }
 
 /// Shared state of every handler.
@@ -77,6 +80,8 @@ struct Shim {
     metrics: Metrics,
     /// Ledger and TON endpoint, when billing is configured.
     billing: Option<chrysalis_shim::settle::Billing>,
+    /// The VCEK bundle sent to the enclave ahead of each evidence request.
+    certs: chrysalis_shim::vcek::CertSource,
 }
 
 /// Runs the API until the process is stopped.
@@ -86,7 +91,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         metrics: Metrics::default(),
         billing: chrysalis_shim::settle::Billing::open(&args.billing)
             .context("could not open the billing ledger")?,
+        certs: chrysalis_shim::vcek::CertSource::new(&args.vcek)
+            .context("could not read the VCEK")?,
     });
+    tokio::spawn(provision_certs(Arc::clone(&shim)));
     if let Some(billing) = &shim.billing {
         billing.spawn_settler()?;
     }
@@ -187,11 +195,18 @@ async fn evidence(State(shim): State<Arc<Shim>>, body: Bytes) -> Response {
         Err(resp) => return resp,
     };
     let exchange = async {
+        if let Some(bundle) = shim.certs.frame() {
+            write_frame(&mut link, &bundle).await?;
+        }
         write_frame(&mut link, &body).await?;
         read_frame(&mut link).await
     };
     match tokio::time::timeout(EVIDENCE_TIMEOUT, exchange).await {
         Ok(Ok(Some(answer))) => {
+            if let Some(report) = shim.certs.report_needing_certs(&answer) {
+                let shim = Arc::clone(&shim);
+                tokio::spawn(async move { shim.certs.learn(&report).await });
+            }
             tracing::info!(
                 request_bytes = body.len(),
                 answer_bytes = answer.len(),
@@ -202,6 +217,28 @@ async fn evidence(State(shim): State<Arc<Shim>>, body: Bytes) -> Response {
         Ok(Ok(None)) => bad_gateway(&shim, "enclave closed the connection without answering"),
         Ok(Err(e)) => bad_gateway(&shim, &format!("enclave link failed: {e}")),
         Err(_) => bad_gateway(&shim, "enclave did not answer within 30 s"),
+    }
+}
+
+/// Asks the enclave for evidence once at start, so that on SNP the VCEK bundle for its
+/// chip and TCB is ready before the first client asks (later answers retry).
+async fn provision_certs(shim: Arc<Shim>) {
+    let request =
+        chrysalis_protocol::PlainMessage::EvidenceRequest(chrysalis_protocol::EvidenceRequest {
+            nonce: [0; 32],
+        });
+    let (Ok(request), Ok(mut link)) = (request.to_frame_bytes(), shim.enclave.connect().await)
+    else {
+        return;
+    };
+    let exchange = async {
+        write_frame(&mut link, &request).await?;
+        read_frame(&mut link).await
+    };
+    if let Ok(Ok(Some(answer))) = tokio::time::timeout(EVIDENCE_TIMEOUT, exchange).await {
+        if let Some(report) = shim.certs.report_needing_certs(&answer) {
+            shim.certs.learn(&report).await;
+        }
     }
 }
 

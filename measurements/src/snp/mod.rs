@@ -13,6 +13,8 @@ pub mod compare;
 pub mod error;
 pub mod expect;
 pub mod extract;
+#[cfg(feature = "fixtures")]
+pub mod fixtures;
 pub mod report;
 
 use std::sync::Mutex;
@@ -201,4 +203,16 @@ pub fn verify_with_certs(
 ) -> Result<Verified, VerifyError> {
     let (verifier, vek) = verifier_for_certs(certs)?;
     verifier.verify(report, &vek, policy, now)
+}
+
+/// Establishes that `certs` (leaf first, see [`verifier_for_certs`]) endorse `report`
+/// at `now`: chain to the pinned root, validity, signature, chip id and TCB. The policy
+/// is not looked at. The enclave and the shim use this to keep or drop a VCEK bundle.
+pub fn authenticate_with_certs(
+    report: &[u8],
+    certs: &[Vec<u8>],
+    now: SystemTime,
+) -> Result<AuthenticReport, VerifyError> {
+    let (verifier, vek) = verifier_for_certs(certs)?;
+    verifier.authenticate(Report::parse(report)?, &vek, now)
 }
