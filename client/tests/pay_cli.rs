@@ -4,12 +4,14 @@
 //!
 //! The emulator part needs node >= 20 and `npm ci --prefix contracts`.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+mod ton_emulator;
 
 use chrysalis_protocol::ton::{self, ChannelConfig, TonAddress, WalletV5};
 use ed25519_dalek::SigningKey;
+use ton_emulator::{emulator, Emulator};
 
 const WALLET_SEED: [u8; 32] = [0x11; 32];
 const NOW: u64 = 1_800_000_000;
@@ -134,39 +136,6 @@ fn bad_inputs_are_named() {
     );
 }
 
-/// The local TON endpoint for this test; killed on drop.
-struct Emulator(std::process::Child, String);
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn emulator() -> Emulator {
-    let contracts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contracts");
-    assert!(
-        contracts.join("node_modules/@ton/sandbox").exists(),
-        "run `npm ci --prefix contracts` first (node >= 20)"
-    );
-    let mut child = Command::new("node")
-        .args(["server.js", "--now", &NOW.to_string()])
-        .current_dir(&contracts)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node");
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut first)
-        .expect("url line");
-    let url = serde_json::from_str::<serde_json::Value>(&first).expect("json")["url"]
-        .as_str()
-        .expect("url")
-        .to_string();
-    Emulator(child, url)
-}
-
 fn call(
     rt: &tokio::runtime::Runtime,
     url: String,
@@ -248,7 +217,7 @@ fn wallet_signed_messages_drive_a_channel_in_the_emulator() {
     let wallet = WalletV5::new(&SigningKey::from_bytes(&WALLET_SEED)).expect("wallet");
     let mut s = Session {
         rt: tokio::runtime::Runtime::new().expect("rt"),
-        emu: emulator(),
+        emu: emulator(NOW),
         dir,
         key_file,
         seqno: 0,

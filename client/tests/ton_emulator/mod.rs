@@ -1,0 +1,41 @@
+//! The local TON endpoint (`node contracts/server.js`, real TVM in `@ton/sandbox`)
+//! for the billing tests; needs node >= 20 and `npm ci --prefix contracts`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// The endpoint's process and its base URL; killed on drop.
+pub struct Emulator(pub std::process::Child, pub String);
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the endpoint with its clock at `now` and waits for its URL line.
+pub fn emulator(now: u64) -> Emulator {
+    let contracts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contracts");
+    assert!(
+        contracts.join("node_modules/@ton/sandbox").exists(),
+        "run `npm ci --prefix contracts` first (node >= 20)"
+    );
+    let mut child = Command::new("node")
+        .args(["server.js", "--now", &now.to_string()])
+        .current_dir(&contracts)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("url line");
+    let url = serde_json::from_str::<serde_json::Value>(&first).expect("json")["url"]
+        .as_str()
+        .expect("url")
+        .to_string();
+    Emulator(child, url)
+}
