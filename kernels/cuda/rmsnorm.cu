@@ -1,8 +1,8 @@
 // Row-wise RMSNorm: out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight.
-// One block per row; the sum of squares is reduced in shared memory.
+// One block of 256 threads per row; the sum of squares is reduced in shared memory.
 extern "C" __global__ void rms_norm(const float* x, const float* weight, float* out,
                                     unsigned int dim, float eps) {
-    extern __shared__ float partial[];
+    __shared__ float partial[256];
     const float* row = x + (size_t)blockIdx.x * dim;
     float* dst = out + (size_t)blockIdx.x * dim;
     float acc = 0.f;

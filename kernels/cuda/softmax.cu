@@ -1,7 +1,7 @@
 // Numerically stable softmax in place over each row of x (rows, len): subtract the row
-// maximum, exponentiate, divide by the sum. One block per row.
+// maximum, exponentiate, divide by the sum. One block of 256 threads per row.
 extern "C" __global__ void softmax_rows(float* x, unsigned int len) {
-    extern __shared__ float scratch[];
+    __shared__ float scratch[256];
     float* row = x + (size_t)blockIdx.x * len;
     float m = __int_as_float(0xff800000);
     for (unsigned int i = threadIdx.x; i < len; i += blockDim.x) m = fmaxf(m, row[i]);

@@ -5,42 +5,16 @@
 //! with one flipped bit is refused with the destination left as it was. This checks the
 //! kernels' arithmetic where no GPU is lent; `cargo xtask gpu-check` checks them on one.
 //!
-//! Needs a C++20 compiler (`c++`, as in Debian's `g++`); without one the test fails,
-//! unless `CHRYSALIS_SKIP_CXX=1` says the skip is deliberate.
+//! Needs a C++20 compiler (see `cuda_on_cpu/mod.rs`).
 
-use std::path::{Path, PathBuf};
+mod cuda_on_cpu;
+
+use std::path::Path;
 use std::process::Command;
 
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
 use chrysalis_kernels::cuda::parity::Rng;
-
-/// Builds the harness once per test binary; `None` when skipping deliberately.
-fn harness() -> Option<PathBuf> {
-    let source =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_on_cpu/aes_gcm_harness.cpp");
-    let binary = Path::new(env!("CARGO_TARGET_TMPDIR")).join("aes_gcm_harness");
-    let built = Command::new("c++")
-        .args(["-std=c++20", "-O2", "-pthread", "-o"])
-        .arg(&binary)
-        .arg(&source)
-        .output();
-    match built {
-        Ok(out) if out.status.success() => Some(binary),
-        _ if std::env::var("CHRYSALIS_SKIP_CXX").as_deref() == Ok("1") => {
-            eprintln!("CHRYSALIS_SKIP_CXX=1: not running the CUDA kernels on the CPU");
-            None
-        }
-        Ok(out) => panic!(
-            "c++ failed on {}:\n{}",
-            source.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => {
-            panic!("no C++ compiler (`c++`: {e}); apt-get install g++, or set CHRYSALIS_SKIP_CXX=1")
-        }
-    }
-}
 
 /// What the harness reports for one chunk.
 struct Run {
@@ -91,7 +65,9 @@ fn run(harness: &Path, key: &[u8; 32], iv: &[u8; 12], per: u32, aad: &[u8], plai
 
 #[test]
 fn cuda_aes_gcm_kernels_agree_with_the_aes_gcm_crate() {
-    let Some(harness) = harness() else { return };
+    let Some(harness) = cuda_on_cpu::build_harness("aes_gcm_harness") else {
+        return;
+    };
     let mut rng = Rng::new(42);
     // Lengths around block edges and runs of GHASH blocks of several sizes, so segments
     // of one block, uneven last segments and many segments all occur.

@@ -525,7 +525,7 @@ impl Backend for CudaBackend {
             let grid = Grid {
                 blocks: (rows, 1),
                 threads: 256,
-                shared_bytes: 256 * 4,
+                shared_bytes: 0,
             };
             let args = [
                 Arg::Ptr(input),
@@ -607,7 +607,7 @@ impl Backend for CudaBackend {
             let grid = Grid {
                 blocks: (1, 1),
                 threads: 256,
-                shared_bytes: 256 * 4,
+                shared_bytes: 0,
             };
             inner.launch("softmax_rows", grid, &[Arg::Ptr(at), Arg::U32(len)])?;
             inner.download_f32(id, x)

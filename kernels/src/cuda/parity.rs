@@ -228,22 +228,33 @@ pub fn kernel_parity(gpu: &dyn Backend, cpu: &dyn Backend, seed: u64) -> Vec<Par
     rows
 }
 
+/// A random attention call of SmolLM2's shape (9 query heads, 3 KV heads of 64):
+/// the shape, `q`, `k` and `v`.
+pub fn random_attention(
+    rng: &mut Rng,
+    n_new: usize,
+    first_pos: usize,
+) -> (AttentionShape, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let shape = AttentionShape {
+        n_new,
+        first_pos,
+        n_heads: 9,
+        n_kv_heads: 3,
+        head_dim: 64,
+    };
+    let q = rng.vec(n_new * 9 * 64, 1.0);
+    let k = rng.vec((first_pos + n_new) * 3 * 64, 1.0);
+    let v = rng.vec(k.len(), 1.0);
+    (shape, q, k, v)
+}
+
 /// Attention for a prefill (many queries, empty past) and a decode step (one query
 /// against a long cache).
 fn attention_rows(rng: &mut Rng, gpu: &dyn Backend, cpu: &dyn Backend) -> Vec<ParityRow> {
     [(6, 0), (1, 200)]
         .into_iter()
         .map(|(n_new, first_pos)| {
-            let shape = AttentionShape {
-                n_new,
-                first_pos,
-                n_heads: 9,
-                n_kv_heads: 3,
-                head_dim: 64,
-            };
-            let q = rng.vec(n_new * 9 * 64, 1.0);
-            let k = rng.vec((first_pos + n_new) * 3 * 64, 1.0);
-            let v = rng.vec(k.len(), 1.0);
+            let (shape, q, k, v) = random_attention(rng, n_new, first_pos);
             let check = format!("attention n_new={n_new} first_pos={first_pos} 9/3 heads x 64");
             compare(check, F32_LIMIT, gpu, cpu, |b| {
                 let mut out = vec![0.0; q.len()];

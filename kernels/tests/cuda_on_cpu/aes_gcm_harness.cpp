@@ -1,58 +1,23 @@
-// Runs the AES-GCM kernels of kernels/cuda/aes_gcm.cu on the CPU: one OS thread per
-// CUDA thread, one block at a time, __shared__ as block-wide statics and
-// __syncthreads() as a std::barrier. It checks the kernels' own logic (key expansion,
-// segmented GHASH with the powers of H, tag, tag-gated CTR) without a GPU; memory
-// spaces, warps and timing are not modelled. Driven by kernels/tests/cuda_aes_gcm_on_cpu.rs.
+// Runs the AES-GCM kernels of kernels/cuda/aes_gcm.cu on the CPU (cuda_on_cpu.h): key
+// expansion, segmented GHASH with the powers of H, tag, tag-gated CTR. Driven by
+// kernels/tests/cuda_aes_gcm_on_cpu.rs.
 //
 // Input file:  key (32) | iv (12) | per (u32 LE) | aad_len (u32 LE) | aad | len (u32 LE) | plain
 // Output file: ciphertext ‖ tag (len + 16) | status of the honest open (u32 LE) |
 //              plaintext it gave (len) | status of the open with one flipped bit (u32 LE) |
 //              the destination after that open (len; it started as 0xAA bytes)
-#include <barrier>
-#include <cstdint>
 #include <cstdio>
-#include <cstring>
 #include <fstream>
 #include <iterator>
-#include <thread>
-#include <vector>
 
-struct Dim3 {
-    unsigned int x = 0, y = 0, z = 0;
-};
-static thread_local Dim3 threadIdx, blockIdx;
-static Dim3 blockDim, gridDim;
-static std::barrier<>* block_barrier = nullptr;
-
-#define __global__
-#define __device__
-#define __constant__
-#define __forceinline__ inline
-#define __shared__ static
-#define __syncthreads() block_barrier->arrive_and_wait()
+#include "cuda_on_cpu.h"
 
 #include "../../cuda/aes_gcm.cu"
 
-// Runs `kernel` on a grid of `grid` blocks of `block` threads.
+// One-dimensional grids, as the backend launches these kernels.
 template <class F>
 static void launch(unsigned int grid, unsigned int block, F kernel) {
-    gridDim = {grid, 1, 1};
-    blockDim = {block, 1, 1};
-    for (unsigned int b = 0; b < grid; b++) {
-        std::barrier<> barrier(block);
-        block_barrier = &barrier;
-        std::vector<std::thread> threads;
-        for (unsigned int t = 0; t < block; t++) {
-            threads.emplace_back([=, &barrier] {
-                blockIdx = {b, 0, 0};
-                threadIdx = {t, 0, 0};
-                kernel();
-                // A thread that has returned takes no part in later barriers.
-                barrier.arrive_and_drop();
-            });
-        }
-        for (auto& th : threads) th.join();
-    }
+    launch(grid, 1, block, kernel);
 }
 
 struct Chunk {
