@@ -1,8 +1,14 @@
 //! `cargo xtask ci`: the README's test command and what `.ci/run` calls.
 //!
 //! Order: rustfmt check, clippy with warnings as errors, the contract tests in the TON
-//! emulator (`npm test` in `contracts/`), then every Rust test of the workspace. The
+//! emulator (`npm test` in `contracts/`), every Rust test of the workspace, then the
+//! guest image: built, booted under QEMU and chatted with (`boot-test --chat`). The
 //! Rust test output is echoed as it comes and tallied into one summary line at the end.
+//!
+//! The image stage builds OVMF only when a build for the locked inputs is cached
+//! (building it takes about 15 minutes on 2 cores, which CI's budget cannot carry);
+//! with it, the launch digests are also cross-checked against `sev-snp-measure` and
+//! the tamper tests run. Without it, the summary says that they did not run.
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -17,6 +23,9 @@ pub struct Args {
     /// Skip `cargo fmt --check` and clippy (tests only).
     #[arg(long)]
     tests_only: bool,
+    /// Skip the guest image stage (build, boot under QEMU, chat into the guest).
+    #[arg(long)]
+    skip_image: bool,
     /// Extra arguments passed to `cargo test` after `--` (a test-name filter, say).
     #[arg(last = true)]
     test_args: Vec<String>,
@@ -38,9 +47,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ]))?;
     }
     run_contract_tests(&root)?;
-    let tally = run_rust_tests(&root, &args.test_args)?;
+    let mut tally = run_rust_tests(&root, &args.test_args, &["--workspace"])?;
+    let image = if args.skip_image {
+        "image stage skipped (--skip-image)".to_owned()
+    } else {
+        run_image_stage(&root, &mut tally)
+    };
     println!(
-        "xtask ci summary: {} passed, {} failed, {} ignored in {} test binaries",
+        "xtask ci summary: {} passed, {} failed, {} ignored in {} test binaries; {image}",
         tally.passed, tally.failed, tally.ignored, tally.binaries
     );
     if tally.failed > 0 || !tally.exit_ok {
@@ -102,10 +116,69 @@ impl Tally {
     }
 }
 
-fn run_rust_tests(root: &std::path::Path, extra: &[String]) -> anyhow::Result<Tally> {
+/// Builds the image, boots it and chats with it; with a cached OVMF also runs the
+/// launch-digest tests. Failures count as failed tests; returns the summary's clause.
+fn run_image_stage(root: &std::path::Path, tally: &mut Tally) -> String {
+    let full = crate::image::firmware_is_cached(root).unwrap_or(false);
+    let xtask = match std::env::current_exe() {
+        Ok(path) => path,
+        Err(e) => {
+            tally.failed += 1;
+            return format!("image stage FAILED: cannot find the xtask binary: {e}");
+        }
+    };
+    // A scratch manifest: CI must not rewrite the published one.
+    let manifest = root.join("target/ci-image-manifest.json");
+    let mut build = std::process::Command::new(&xtask);
+    build.current_dir(root).arg("build-image");
+    if full {
+        build.arg("--manifest").arg(&manifest);
+    } else {
+        build.arg("--skip-firmware");
+    }
+    let mut boot = std::process::Command::new(&xtask);
+    boot.current_dir(root).args(["boot-test", "--chat"]);
+    for (what, cmd) in [("build-image", &mut build), ("boot-test --chat", &mut boot)] {
+        if let Err(e) = run_checked(cmd) {
+            tally.failed += 1;
+            return format!("image stage FAILED at {what}: {e:#}");
+        }
+        tally.passed += 1;
+    }
+    if !full {
+        return "image built without OVMF and booted, chat into the guest passed; OVMF is \
+                not cached here, so the launch-digest cross-check did not run (cargo xtask \
+                build-image builds it)"
+            .to_owned();
+    }
+    let filter = ["launch".to_owned(), "--ignored".to_owned()];
+    match run_rust_tests(root, &filter, &["-p", "chrysalis-measurements", "--lib"]) {
+        Ok(launch) => {
+            tally.passed += launch.passed;
+            tally.failed += launch.failed;
+            tally.binaries += launch.binaries;
+            tally.exit_ok &= launch.exit_ok;
+            "full image built (OVMF cached), booted, chat into the guest passed, launch \
+             digests cross-checked against sev-snp-measure"
+                .to_owned()
+        }
+        Err(e) => {
+            tally.failed += 1;
+            format!("launch-digest tests could not run: {e:#}")
+        }
+    }
+}
+
+fn run_rust_tests(
+    root: &std::path::Path,
+    extra: &[String],
+    packages: &[&str],
+) -> anyhow::Result<Tally> {
     let mut cmd = cargo();
     cmd.current_dir(root)
-        .args(["test", "--workspace", "--locked", "--no-fail-fast"]);
+        .arg("test")
+        .args(packages)
+        .args(["--locked", "--no-fail-fast"]);
     if !extra.is_empty() {
         cmd.arg("--").args(extra);
     }

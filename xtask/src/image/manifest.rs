@@ -63,6 +63,31 @@ pub struct Inputs {
     pub cargo_lock_sha256: String,
     /// SHA-256 of `image.lock`.
     pub image_lock_sha256: String,
+    /// The git commit the image was built from (`+dirty` when tracked files differed
+    /// from it): a reviewer checks that commit out before `verify-image`.
+    #[serde(default)]
+    pub source_commit: String,
+}
+
+/// `git rev-parse HEAD` of `root`, with `+dirty` when tracked files are modified.
+pub fn source_commit(root: &Path) -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let Some(head) = git(&["rev-parse", "HEAD"]) else {
+        return "unknown (not a git checkout)".to_owned();
+    };
+    match git(&["status", "--porcelain", "--untracked-files=no"]) {
+        Some(changes) if changes.is_empty() => head,
+        _ => format!("{head}+dirty"),
+    }
 }
 
 /// Everything `Manifest::of_image` needs.
@@ -138,6 +163,7 @@ impl Manifest {
                 rust_toolchain: rustc_version(facts.root),
                 cargo_lock_sha256: sha256_file(&facts.root.join("Cargo.lock"))?,
                 image_lock_sha256: sha256_file(&facts.root.join(super::lock::LOCK_FILE))?,
+                source_commit: source_commit(facts.root),
             },
             guest_features: format!("{:#x}", launch::QEMU_DEFAULT_GUEST_FEATURES),
             snp_launch_digests: digests,
@@ -291,6 +317,7 @@ mod tests {
                 rust_toolchain: "r".into(),
                 cargo_lock_sha256: "c".into(),
                 image_lock_sha256: "i".into(),
+                source_commit: "0123".into(),
             },
             guest_features: "0x1".into(),
             snp_launch_digests: vec![LaunchDigestEntry {

@@ -106,6 +106,13 @@ pub fn run_build(args: BuildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether OVMF for the locked inputs is already built and cached here (a full image
+/// build then takes minutes instead of a quarter of an hour).
+pub fn firmware_is_cached(root: &Path) -> anyhow::Result<bool> {
+    let lock = ImageLock::load(root)?;
+    Ok(ovmf::cached(&lock, &chrysalis_home().join("cache"))?.is_some())
+}
+
 /// `cargo xtask verify-image`.
 pub fn run_verify(args: VerifyArgs) -> anyhow::Result<()> {
     let root = workspace_root();
@@ -128,6 +135,15 @@ pub fn run_verify(args: VerifyArgs) -> anyhow::Result<()> {
         report.print();
     }
     if !report.all_match() {
+        let here = manifest::source_commit(&root);
+        let published_from = &published.inputs.source_commit;
+        if !published_from.is_empty() && *published_from != here {
+            eprintln!(
+                "note: {} was built from commit {published_from}, this checkout is {here}; \
+                 check that commit out and verify again",
+                args.manifest.display()
+            );
+        }
         bail!("the rebuilt image differs from {}", args.manifest.display());
     }
     Ok(())

@@ -57,6 +57,19 @@ fn tool_version(program: &str, flag: &str) -> anyhow::Result<String> {
         .with_context(|| format!("{program} {flag} printed no version"))
 }
 
+/// Where the firmware built from inputs `key` is cached.
+fn cache_path(cache: &Path, key: &str) -> PathBuf {
+    cache
+        .join(format!("ovmf-{}", key.get(..16).unwrap_or(key)))
+        .join("OVMF.fd")
+}
+
+/// The cached firmware for `lock`, when one was built before.
+pub fn cached(lock: &ImageLock, cache: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let path = cache_path(cache, &input_hash(lock)?);
+    Ok(path.is_file().then_some(path))
+}
+
 /// Returns the cached firmware for `lock`, building it first when `rebuild` or absent.
 pub fn firmware(
     lock: &ImageLock,
@@ -65,7 +78,7 @@ pub fn firmware(
     rebuild: bool,
 ) -> anyhow::Result<PathBuf> {
     let key = input_hash(lock)?;
-    let cached = cache.join(format!("ovmf-{}", &key[..16])).join("OVMF.fd");
+    let cached = cache_path(cache, &key);
     if cached.exists() && !rebuild {
         eprintln!("OVMF: cached at {}", cached.display());
         return Ok(cached);
