@@ -99,6 +99,16 @@ impl Stack {
         model: &str,
         extra_enclave_args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_with(bins, model, extra_enclave_args, &[])
+    }
+
+    /// [`Stack::start`] with extra arguments for the shim too (billing options).
+    pub fn start_with(
+        bins: &Binaries,
+        model: &str,
+        extra_enclave_args: &[&str],
+        extra_shim_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(&bins.enclave);
         cmd.args([
             "serve",
@@ -116,7 +126,8 @@ impl Stack {
             ENCLAVE_READY_TIMEOUT,
         )?;
         let enclave_addr = word_after(&line, "listening on ")?;
-        let ShimOnly { shim, url } = ShimOnly::start(&bins.shim, &enclave_addr)?;
+        let ShimOnly { shim, url } =
+            ShimOnly::start_with(&bins.shim, &enclave_addr, extra_shim_args)?;
         Ok(Self {
             shim,
             enclave,
@@ -141,6 +152,11 @@ pub struct ShimOnly {
 impl ShimOnly {
     /// Starts `shim` on a loopback port, relaying to `enclave_addr` (`tcp:HOST:PORT`).
     pub fn start(shim: &Path, enclave_addr: &str) -> anyhow::Result<Self> {
+        Self::start_with(shim, enclave_addr, &[])
+    }
+
+    /// [`ShimOnly::start`] with extra arguments (billing options).
+    pub fn start_with(shim: &Path, enclave_addr: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let mut cmd = Command::new(shim);
         cmd.args([
             "serve",
@@ -148,7 +164,8 @@ impl ShimOnly {
             enclave_addr,
             "--listen",
             "127.0.0.1:0",
-        ]);
+        ])
+        .args(extra);
         let (shim, line) = spawn_until(
             cmd,
             "chrysalis-shim",
