@@ -253,3 +253,78 @@ fn verify_snp(
         checks,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use chrysalis_measurements::snp::fixtures::{milan_report, read};
+
+    use super::*;
+
+    /// Live evidence carrying the real Milan report and `certs`. Its keys are not the
+    /// ones the report binds, so a verdict can only fail at a policy check, never pass.
+    fn snp_evidence(certs: Vec<Vec<u8>>) -> Evidence {
+        Evidence {
+            kind: EvidenceKind::SevSnp,
+            report: milan_report(),
+            cert_chain: certs,
+            x25519_pub: [1; 32],
+            ed25519_pub: [2; 32],
+            model_root: [3; 32],
+            manifest_id: "sev-snp".into(),
+        }
+    }
+
+    fn refusal(evidence: Evidence) -> String {
+        match verify(evidence, &[0; 32], &TrustOptions::default()) {
+            Err(AttestError::Snp(why)) => why,
+            other => panic!("expected an SNP refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn genuine_snp_evidence_gets_past_authenticity_with_any_certificate_layout() {
+        let vcek = read("vcek_milan.der");
+        for certs in [vec![vcek.clone()], vec![vcek, read("cert_chain_milan")]] {
+            let why = refusal(snp_evidence(certs));
+            // Chain, dates, signature, chip id and TCB held: the first failure is a
+            // policy check on this foreign report (its VMPL or its REPORT_DATA).
+            assert!(
+                why.contains("VMPL check failed") || why.contains("report data check failed"),
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn snp_evidence_with_the_wrong_or_no_certificate_is_refused_by_name() {
+        let why = refusal(snp_evidence(vec![read("trustee_milan_vcek.der")]));
+        assert!(why.contains("check failed"), "{why}");
+        assert!(
+            !why.contains("VMPL") && !why.contains("report data"),
+            "{why}"
+        );
+        let why = refusal(snp_evidence(Vec::new()));
+        assert!(why.contains("no certificate"), "{why}");
+    }
+
+    #[test]
+    fn simulated_evidence_needs_the_flag_and_a_well_formed_report() {
+        let mut evidence = snp_evidence(vec![vec![4; 97]]);
+        evidence.kind = EvidenceKind::Simulated;
+        let strict = verify(evidence.clone(), &[0; 32], &TrustOptions::default());
+        assert!(
+            matches!(strict, Err(AttestError::SimulatedRefused)),
+            "{strict:?}"
+        );
+        let insecure = TrustOptions {
+            allow_simulated: true,
+            ..TrustOptions::default()
+        };
+        // The report does not bind these keys: refused at REPORT_DATA even in INSECURE mode.
+        let err = verify(evidence.clone(), &[0; 32], &insecure).unwrap_err();
+        assert!(matches!(err, AttestError::ReportData { .. }), "{err}");
+        evidence.report.truncate(100);
+        let err = verify(evidence, &[0; 32], &insecure).unwrap_err();
+        assert!(matches!(err, AttestError::Simulated(_)), "{err}");
+    }
+}
