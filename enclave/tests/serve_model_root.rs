@@ -20,12 +20,22 @@ fn installed_root() -> String {
         )
     });
     let json: serde_json::Value = serde_json::from_str(&text).expect("manifest is JSON");
-    json["root"].as_str().expect("manifest has a root").to_owned()
+    json["root"]
+        .as_str()
+        .expect("manifest has a root")
+        .to_owned()
 }
 
 fn serve(model_root: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_chrysalis-enclave"))
-        .args(["serve", "--dev", "--listen", "tcp:127.0.0.1:0", "--model", MODEL])
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            "tcp:127.0.0.1:0",
+            "--model",
+            MODEL,
+        ])
         .args(["--model-root", model_root])
         .stdin(Stdio::null())
         .output()
@@ -41,9 +51,15 @@ fn a_model_whose_root_differs_from_the_measured_one_is_refused() {
     let out = serve(&other);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "served a model with the wrong root: {stdout}");
+    assert!(
+        !out.status.success(),
+        "served a model with the wrong root: {stdout}"
+    );
     assert!(!stdout.contains("listening on"), "{stdout}");
-    assert!(stderr.contains(&other), "the error names the expected root: {stderr}");
+    assert!(
+        stderr.contains(&other),
+        "the error names the expected root: {stderr}"
+    );
 }
 
 #[test]
