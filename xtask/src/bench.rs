@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::util::chrysalis_home;
 
+mod e2e;
+
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,6 +36,11 @@ enum Target {
     /// installed (`pip install llama-cpp-python`). Prints tokens per second for prefill
     /// and decode at each thread count, peak memory, and our/llama.cpp ratios.
     Cpu(CpuArgs),
+    /// The full sealed path (client library, shim, enclave; release builds) against
+    /// `chrysalis-enclave generate` in the same run: single-stream time to first token
+    /// and decode tokens per second, then aggregate tokens per second with 1, 8 and 32
+    /// concurrent sessions. Starts its own enclave (dev mode) and shim on loopback.
+    E2e(e2e::E2eArgs),
 }
 
 /// Options of `cargo xtask bench cpu`.
@@ -166,6 +173,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             (Some(engine), Some(job)) => worker(engine, job),
             _ => bench_cpu(&cpu),
         },
+        Target::E2e(e2e) => e2e::run(&e2e),
     }
 }
 
@@ -204,11 +212,7 @@ fn bench_cpu(args: &CpuArgs) -> anyhow::Result<()> {
         engines.push("llama.cpp");
     }
     let runs = args.repetitions * args.threads.len() * engines.len();
-    let bar = indicatif::ProgressBar::new(runs as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} runs, {elapsed} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = progress_bar(runs);
     let job_dir = std::env::temp_dir().join(format!("chrysalis-bench-{}", std::process::id()));
     std::fs::create_dir_all(&job_dir)?;
     let mut samples = Vec::new();
@@ -415,6 +419,16 @@ print(json.dumps({"engine": "llama.cpp", "threads": threads, "prefill_tokens": l
                   "decode_s": decode_s, "decode_cpu_s": decode_cpu_s,
                   "peak_rss_kib": hwm}))
 "#;
+
+/// A progress bar counting benchmark runs.
+fn progress_bar(runs: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(runs as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} runs, {elapsed} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);

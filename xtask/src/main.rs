@@ -25,7 +25,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Benchmarks: `bench cpu` times our CPU engine against llama.cpp on the real model.
+    /// Benchmarks: `bench cpu` (our CPU engine vs llama.cpp), `bench e2e` (sealed path vs generate).
     Bench(bench::Args),
     /// Run every check CI runs: rustfmt, clippy with warnings as errors, all tests.
     Ci(ci::Args),
