@@ -3,7 +3,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use chrysalis_measurements::snp::{
-    report::REPORT_LEN, EndorsementKey, Policy, Processor, Report, Verifier,
+    certs, report::REPORT_LEN, EndorsementKey, Policy, Processor, Report, Verifier,
 };
 use proptest::prelude::*;
 
@@ -89,5 +89,15 @@ proptest! {
     #[test]
     fn certificate_garbage_is_an_error(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
         prop_assert!(EndorsementKey::parse(&bytes).is_err());
+    }
+
+    #[test]
+    fn chain_garbage_is_an_error(
+        parts in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..1500), 0..4),
+        pem_body in "[A-Za-z0-9+/=\n]{0,600}",
+    ) {
+        prop_assert!(certs::chain_from_parts(&parts).is_err());
+        let pem = format!("-----BEGIN CERTIFICATE-----\n{pem_body}\n-----END CERTIFICATE-----\n");
+        prop_assert!(certs::chain_from_parts(&[pem.clone().into_bytes(), pem.into_bytes()]).is_err());
     }
 }

@@ -1,10 +1,12 @@
-//! Fuzz the SNP report parser and the certificate decoder with arbitrary bytes:
-//! neither may panic, and a parsed report's getters must not either.
+//! Fuzz the SNP report parser and the certificate decoders (VCEK/VLEK, and the ASK/ARK
+//! chain as evidence or the KDS hands it over) with arbitrary bytes: none may panic,
+//! and a parsed report's getters must not either.
 //!
 //! Run: `cd measurements/fuzz && cargo +nightly fuzz run report_parser corpus/report_parser`
+//! (recorded runs: docs/attestation.md).
 #![no_main]
 
-use chrysalis_measurements::snp::{EndorsementKey, Processor, Report};
+use chrysalis_measurements::snp::{certs, EndorsementKey, Processor, Report};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -20,4 +22,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = EndorsementKey::parse(data);
+    let _ = certs::chain_from_pem(data);
+    let (left, right) = data.split_at(data.len() / 2);
+    let _ = certs::chain_from_parts(&[left.to_vec(), right.to_vec()]);
 });

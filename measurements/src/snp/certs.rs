@@ -306,6 +306,12 @@ pub fn classify_amd_name(cn: &str) -> Option<(Processor, CertRole)> {
 /// Parses a PEM bundle of ASK (or ASVK) then ARK, as AMD's KDS serves `cert_chain`,
 /// and checks it against the pinned root of the generation it names.
 pub fn chain_from_pem(pem: &[u8]) -> Result<CaChain, VerifyError> {
+    // x509-cert 0.2.5's `load_pem_chain` computes `len - 1` after stripping trailing
+    // newlines, which overflows (a panic with overflow checks) on an empty or
+    // newline-only input; cargo-fuzz found it. Such input holds no certificate.
+    if pem.trim_ascii().is_empty() {
+        return Err(VerifyError::ChainShape { found: 0 });
+    }
     let certs = X509::load_pem_chain(pem).map_err(|e| VerifyError::CertificateParse {
         role: CertRole::Ask,
         reason: format!("invalid PEM chain: {e}"),
@@ -379,6 +385,17 @@ mod tests {
         let genoa_asvk = Cert::parse(ASVK_GENOA, CertRole::Asvk).unwrap();
         let err = CaChain::new(Processor::Milan, ark, genoa_asvk, CertRole::Asvk).unwrap_err();
         assert!(matches!(err, VerifyError::ChainSignature { .. }), "{err}");
+    }
+
+    #[test]
+    fn empty_or_blank_pem_chains_are_refused_without_panicking() {
+        // The empty input is the crash cargo-fuzz found (x509-cert's `len - 1`).
+        for blank in [&b""[..], b"\n", b"\r\n\n", b"  \t\n"] {
+            let err = chain_from_pem(blank).unwrap_err();
+            assert!(matches!(err, VerifyError::ChainShape { found: 0 }), "{err}");
+            let err = chain_from_parts(&[blank.to_vec()]).unwrap_err();
+            assert!(matches!(err, VerifyError::ChainShape { found: 0 }), "{err}");
+        }
     }
 
     #[test]
