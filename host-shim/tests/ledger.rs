@@ -235,3 +235,20 @@ fn outbox_bytes_are_an_external_settle_of_the_latest_charge() {
         chrysalis_protocol::ton::to_boc(&expected).expect("boc")
     );
 }
+
+#[test]
+fn latest_signed_is_the_newest_charge_for_the_enclave_to_resume_from() {
+    let mut f = fixture();
+    assert_eq!(f.ledger.latest_signed(&f.channel).expect("query"), None);
+    for seqno in 1..=3 {
+        let signed = f.charge(seqno, u128::from(seqno) * 100);
+        f.ledger.record_charge(&signed, 1).expect("record");
+    }
+    let boc = f
+        .ledger
+        .latest_signed(&f.channel)
+        .expect("query")
+        .expect("a charge");
+    let back = SignedCharge::from_boc(&boc).expect("parse");
+    assert_eq!(back, f.charge(3, 300));
+}
