@@ -23,6 +23,10 @@ pub struct Args {
     /// Skip `cargo fmt --check` and clippy (tests only).
     #[arg(long)]
     tests_only: bool,
+    /// Do not install missing prerequisites (apt packages, pip requirements, the
+    /// contract's npm packages, the model) before the checks.
+    #[arg(long)]
+    no_setup: bool,
     /// Skip the guest image stage (build, boot under QEMU, chat into the guest).
     #[arg(long)]
     skip_image: bool,
@@ -34,6 +38,9 @@ pub struct Args {
 /// Runs formatting and lint checks, then every test of the workspace.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let root = workspace_root();
+    if !args.no_setup {
+        setup(&root)?;
+    }
     if !args.tests_only {
         run_checked(cargo().current_dir(&root).args(["fmt", "--all", "--check"]))?;
         run_checked(cargo().current_dir(&root).args([
@@ -62,6 +69,78 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     println!("xtask ci: all checks passed");
     Ok(())
+}
+
+/// Debian packages the checks use: QEMU and e2fsprogs for the image stage, g++ for the
+/// CUDA kernel sources run on the CPU, the rest for building OVMF.
+const APT_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "e2fsprogs",
+    "cpio",
+    "xz-utils",
+    "gcc",
+    "g++",
+    "make",
+    "nasm",
+    "acpica-tools",
+    "uuid-dev",
+];
+
+/// Installs what is missing, each step a no-op when its part is present, so that a
+/// fresh machine needs nothing but this command (and `.ci/run` stays a thin wrapper).
+fn setup(root: &std::path::Path) -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| {
+            let status = std::process::Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", package])
+                .output();
+            !status.is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("ok installed"))
+        })
+        .collect();
+    if !missing.is_empty() {
+        let root_user = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|out| out.stdout.starts_with(b"0\n"));
+        let apt = |args: &[&str]| {
+            let mut cmd = if root_user {
+                std::process::Command::new("apt-get")
+            } else {
+                let mut sudo = std::process::Command::new("sudo");
+                sudo.arg("apt-get");
+                sudo
+            };
+            cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+            run_checked(&mut cmd)
+        };
+        apt(&["update", "-qq"])?;
+        let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+        install.extend(&missing);
+        apt(&install)?;
+    }
+    run_checked(
+        std::process::Command::new("python3")
+            .current_dir(root)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(["-r", ".ci/requirements.txt"]),
+    )?;
+    let contracts = root.join("contracts");
+    if contracts.join("package-lock.json").exists() && !contracts.join("node_modules").exists() {
+        run_checked(
+            std::process::Command::new("npm")
+                .current_dir(&contracts)
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]),
+        )?;
+    }
+    crate::stack::ensure_model(crate::image::DEFAULT_MODEL)
 }
 
 /// The contract's own tests run in `@ton/sandbox`; they need `npm ci` first.
