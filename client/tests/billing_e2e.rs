@@ -27,6 +27,7 @@ use chrysalis_protocol::ton::{ChannelConfig, TonAddress, WalletV5};
 use chrysalis_protocol::ErrorCode;
 use common::{binary, chat_request, insecure_trust, model_dir, start, Proc};
 use ed25519_dalek::SigningKey;
+use ton_emulator::api;
 
 const NOW: u64 = 1_800_000_000;
 const WALLET_SEED: [u8; 32] = [0x42; 32];
@@ -38,17 +39,6 @@ const PRICE_COMPLETION: u64 = 30_000;
 /// that may generate 1024 tokens (35.8M).
 const DEPOSIT: &str = "0.03";
 const DEPOSIT_NANO: u128 = 30_000_000;
-
-async fn api(url: String, body: Option<serde_json::Value>) -> serde_json::Value {
-    let http = reqwest::Client::new();
-    let req = match body {
-        Some(b) => http.post(url).json(&b),
-        None => http.get(url),
-    };
-    let v: serde_json::Value = req.send().await.expect("send").json().await.expect("json");
-    assert_eq!(v["ok"], true, "{v}");
-    v["result"].clone()
-}
 
 async fn balance(ton: &str, addr: &TonAddress) -> u128 {
     let url = format!("{ton}/api/v2/getAddressBalance?address={}", addr.to_hex());
@@ -113,10 +103,7 @@ fn enclave() -> (Proc, String) {
 
 fn shim(enclave_addr: &str, ledger: &Path, ton: &str) -> (Proc, String) {
     let mut cmd = common::shim_command(enclave_addr, None);
-    cmd.arg("--ledger")
-        .arg(ledger)
-        .args(["--ton-api", ton, "--settle-min-amount", "1"])
-        .args(["--settle-max-age-secs", "0", "--settle-interval-secs", "1"]);
+    ton_emulator::with_billing(&mut cmd, ledger, ton);
     start(cmd)
 }
 

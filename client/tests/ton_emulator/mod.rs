@@ -39,3 +39,25 @@ pub fn emulator(now: u64) -> Emulator {
         .to_string();
     Emulator(child, url)
 }
+
+/// Calls the endpoint (POST with a JSON body, or GET) and returns `result`, asserting
+/// `ok`.
+pub async fn api(url: String, body: Option<serde_json::Value>) -> serde_json::Value {
+    let http = reqwest::Client::new();
+    let req = match body {
+        Some(b) => http.post(url).json(&b),
+        None => http.get(url),
+    };
+    let v: serde_json::Value = req.send().await.expect("send").json().await.expect("json");
+    assert_eq!(v["ok"], true, "{v}");
+    v["result"].clone()
+}
+
+/// Adds the shim's billing options: `ledger`, the endpoint at `ton`, and a policy
+/// that settles every charge within about a second.
+pub fn with_billing(cmd: &mut Command, ledger: &Path, ton: &str) {
+    cmd.arg("--ledger")
+        .arg(ledger)
+        .args(["--ton-api", ton, "--settle-min-amount", "1"])
+        .args(["--settle-max-age-secs", "0", "--settle-interval-secs", "1"]);
+}
