@@ -13,7 +13,7 @@ mod cpu;
 pub mod cuda;
 mod weight;
 
-pub use cpu::{ActivationPrecision, CpuBackend, CpuOptions, Isa};
+pub use cpu::{ActivationPrecision, CpuBackend, CpuOptions, Isa, BLOCKED_MIN_SEQ_TOKENS};
 pub use weight::{WeightFormat, WeightMatrix};
 
 /// Everything that can go wrong in a kernel call, named by what was expected.
@@ -121,6 +121,24 @@ pub trait Backend: Send + Sync {
         out: &mut [f32],
     ) -> Result<(), KernelError>;
 
+    /// [`Backend::matmul`] for one step of several sequences: `x (n, w.cols)` stacks
+    /// `seq_tokens[i]` consecutive tokens of sequence `i`, with `n` their sum.
+    ///
+    /// A backend may choose its arithmetic per sequence (a blocked product for a prompt,
+    /// a per-token dot for a decode step), but only from that sequence's own token count,
+    /// never from the batch, so a sequence's outputs are bitwise the same alone or
+    /// batched. The default ignores the split and calls `matmul`, which is right for a
+    /// backend whose `matmul` is per token already.
+    fn matmul_seqs(
+        &self,
+        w: &WeightMatrix,
+        x: &[f32],
+        seq_tokens: &[usize],
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
+        self.matmul(w, x, total_tokens(seq_tokens)?, out)
+    }
+
     /// Row-wise RMSNorm: `out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight`, with
     /// `x, out (n, weight.len())`.
     fn rms_norm(
@@ -160,4 +178,16 @@ pub trait Backend: Send + Sync {
         v: &[f32],
         out: &mut [f32],
     ) -> Result<(), KernelError>;
+}
+
+/// The tokens of a step split as `seq_tokens`, refusing a count that overflows `usize`.
+pub(crate) fn total_tokens(seq_tokens: &[usize]) -> Result<usize, KernelError> {
+    seq_tokens
+        .iter()
+        .try_fold(0usize, |sum, &t| sum.checked_add(t))
+        .ok_or(KernelError::Parameter {
+            what: "matmul_seqs token counts",
+            expected: "a sum that fits in usize",
+            found: usize::MAX,
+        })
 }

@@ -392,7 +392,7 @@ impl Llama {
         for (row, &token) in x.chunks_exact_mut(c.hidden_size).zip(&tokens) {
             dequantize_row(&self.weights.token_embd, token as usize, row);
         }
-        let mut s = Scratch::new(c, n);
+        let mut s = Scratch::new(c, batch.iter().map(|e| e.tokens.len()).collect());
         for (layer, w) in self.weights.layers.iter().enumerate() {
             self.attention_block(layer, w, batch, &positions, &mut x, &mut s)?;
             self.feed_forward_block(w, &mut x, &mut s)?;
@@ -412,12 +412,11 @@ impl Llama {
     ) -> Result<(), LlamaError> {
         let c = &self.config;
         let b = self.backend.as_ref();
-        let n = positions.len();
         let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
         b.rms_norm(x, &w.attn_norm, c.rms_norm_eps, &mut s.xb)?;
-        b.matmul(&w.wq, &s.xb, n, &mut s.q)?; // Wq (q_dim, dim) @ xb (n, dim) -> q (n, q_dim)
-        b.matmul(&w.wk, &s.xb, n, &mut s.k)?; // Wk (kv_dim, dim) @ xb (n, dim) -> k (n, kv_dim)
-        b.matmul(&w.wv, &s.xb, n, &mut s.v)?; // Wv (kv_dim, dim) @ xb (n, dim) -> v (n, kv_dim)
+        b.matmul_seqs(&w.wq, &s.xb, &s.seq_tokens, &mut s.q)?; // Wq (q_dim, dim) @ xb (n, dim) -> q (n, q_dim)
+        b.matmul_seqs(&w.wk, &s.xb, &s.seq_tokens, &mut s.k)?; // Wk (kv_dim, dim) @ xb (n, dim) -> k (n, kv_dim)
+        b.matmul_seqs(&w.wv, &s.xb, &s.seq_tokens, &mut s.v)?; // Wv (kv_dim, dim) @ xb (n, dim) -> v (n, kv_dim)
         b.rope(
             &mut s.q,
             positions,
@@ -461,7 +460,7 @@ impl Llama {
             row += n_new;
         }
 
-        b.matmul(&w.wo, &s.att, n, &mut s.xb)?; // Wo (dim, q_dim) @ att (n, q_dim) -> xb (n, dim)
+        b.matmul_seqs(&w.wo, &s.att, &s.seq_tokens, &mut s.xb)?; // Wo (dim, q_dim) @ att (n, q_dim) -> xb (n, dim)
         add_assign(x, &s.xb);
         Ok(())
     }
@@ -475,12 +474,11 @@ impl Llama {
     ) -> Result<(), LlamaError> {
         let c = &self.config;
         let b = self.backend.as_ref();
-        let n = x.len() / c.hidden_size;
         b.rms_norm(x, &w.ffn_norm, c.rms_norm_eps, &mut s.xb)?;
-        b.matmul(&w.w_gate, &s.xb, n, &mut s.gate)?; // Wg (hidden, dim) @ xb (n, dim) -> gate (n, hidden)
-        b.matmul(&w.w_up, &s.xb, n, &mut s.up)?; // Wu (hidden, dim) @ xb (n, dim) -> up (n, hidden)
+        b.matmul_seqs(&w.w_gate, &s.xb, &s.seq_tokens, &mut s.gate)?; // Wg (hidden, dim) @ xb (n, dim) -> gate (n, hidden)
+        b.matmul_seqs(&w.w_up, &s.xb, &s.seq_tokens, &mut s.up)?; // Wu (hidden, dim) @ xb (n, dim) -> up (n, hidden)
         b.silu_mul(&mut s.gate, &s.up)?;
-        b.matmul(&w.w_down, &s.gate, n, &mut s.xb)?; // Wd (dim, hidden) @ gate (n, hidden) -> xb (n, dim)
+        b.matmul_seqs(&w.w_down, &s.gate, &s.seq_tokens, &mut s.xb)?; // Wd (dim, hidden) @ gate (n, hidden) -> xb (n, dim)
         add_assign(x, &s.xb);
         Ok(())
     }
@@ -527,10 +525,14 @@ struct Scratch {
     up: Vec<f32>,
     /// Buffers of the attention over the f16 cache.
     attention: AttentionScratch,
+    /// New tokens of each sequence of the step, in batch order: the backend picks a
+    /// product's arithmetic per sequence from these (see `Backend::matmul_seqs`).
+    seq_tokens: Vec<usize>,
 }
 
 impl Scratch {
-    fn new(c: &LlamaConfig, n: usize) -> Self {
+    fn new(c: &LlamaConfig, seq_tokens: Vec<usize>) -> Self {
+        let n = seq_tokens.iter().sum::<usize>();
         let zeros = |width: usize| vec![0.0f32; n * width];
         Self {
             xb: zeros(c.hidden_size),
@@ -541,6 +543,7 @@ impl Scratch {
             gate: zeros(c.intermediate_size),
             up: zeros(c.intermediate_size),
             attention: AttentionScratch::default(),
+            seq_tokens,
         }
     }
 }

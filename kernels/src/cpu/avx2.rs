@@ -33,6 +33,34 @@ pub(super) fn weighted_sum(weights: &[f32], values: HeadRows<'_>, out: &mut [f32
     unsafe { weighted_sum_impl(weights, values, out) }
 }
 
+/// Dequantizes a stored row into `out` (natural element order).
+pub(super) fn dequantize_row(format: WeightFormat, row: &[u8], out: &mut [f32]) {
+    match format {
+        // SAFETY: installed only after AVX2/FMA/F16C detection (module docs).
+        WeightFormat::Q4_1 => unsafe { dequantize_q4_1_row(row, out) },
+        _ => super::portable::dequantize_row(format, row, out),
+    }
+}
+
+/// The register tile of the blocked matrix product for the first `tokens` (1 to 6)
+/// tokens of a group; see [`super::gemm`]. A sequence's last, partial group gets a
+/// narrower tile instead of FMAs on padding; every width runs the same per-output FMA
+/// sequence.
+pub(super) fn micro_kernel(panel: &[f32], xgroup: &[f32], tokens: usize, tile: &mut [f32; 96]) {
+    // SAFETY: installed only after AVX2/FMA/F16C detection (module docs).
+    unsafe {
+        match tokens {
+            0 => {}
+            1 => micro_kernel_impl::<1>(panel, xgroup, tile),
+            2 => micro_kernel_impl::<2>(panel, xgroup, tile),
+            3 => micro_kernel_impl::<3>(panel, xgroup, tile),
+            4 => micro_kernel_impl::<4>(panel, xgroup, tile),
+            5 => micro_kernel_impl::<5>(panel, xgroup, tile),
+            _ => micro_kernel_impl::<6>(panel, xgroup, tile),
+        }
+    }
+}
+
 /// One stored row dotted with a prepared input.
 pub(super) fn row_dot(format: WeightFormat, row: &[u8], input: &super::Prepared) -> f32 {
     // SAFETY: installed only after AVX2/FMA/F16C detection (module docs). `matmul`
@@ -529,4 +557,73 @@ unsafe fn f32_row_dot(row: &[u8], x: &[f32]) -> f32 {
     let mut tail = [0f32; 8];
     super::portable::dequantize_row(WeightFormat::F32, &row[4 * i..], &mut tail);
     hsum(_mm256_add_ps(acc[0], acc[1])) + super::portable::dot(&tail[..len - i], &x[i..len])
+}
+
+/// Q4_1 row to f32 in natural order, `d * q + m` as GGML computes it.
+///
+/// # Safety
+/// `row.len()` is a multiple of 20 and `out.len() >= 32 * blocks`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dequantize_q4_1_row(row: &[u8], out: &mut [f32]) {
+    let blocks = row.len() / Q4_1_BYTES;
+    assert!(out.len() >= blocks * BLOCK, "caller sizes the output");
+    let mask = _mm_set1_epi8(0x0F);
+    for b in 0..blocks {
+        // SAFETY: block `b` spans bytes `20b .. 20b + 20`; outputs `32b .. 32b + 32`.
+        unsafe {
+            let block = row.as_ptr().add(b * Q4_1_BYTES);
+            let dm = block_head!(block);
+            let (d, m) = (
+                _mm256_broadcastss_ps(dm),
+                _mm256_set1_ps(_mm_cvtss_f32(_mm_movehdup_ps(dm))),
+            );
+            let packed = _mm_loadu_si128(block.add(4).cast());
+            let low = _mm_and_si128(packed, mask);
+            let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), mask);
+            let dst = out.as_mut_ptr().add(b * BLOCK);
+            for (part, bytes) in [
+                low,
+                _mm_srli_si128::<8>(low),
+                high,
+                _mm_srli_si128::<8>(high),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
+                _mm256_storeu_ps(dst.add(8 * part), _mm256_add_ps(_mm256_mul_ps(q, d), m));
+            }
+        }
+    }
+}
+
+/// `T` tokens x 16 rows (`T <= 6`): `tile[t * 16 + r] = sum_k xgroup[6k + t] *
+/// panel[16k + r]`, each sum one FMA per `k` in order from zero, so the result for a
+/// token is the same for every `T` that covers it.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn micro_kernel_impl<const T: usize>(panel: &[f32], xgroup: &[f32], tile: &mut [f32; 96]) {
+    const { assert!(T <= 6) };
+    let depth = (panel.len() / 16).min(xgroup.len() / 6);
+    let mut acc = [[_mm256_setzero_ps(); 2]; T];
+    let (pw, px) = (panel.as_ptr(), xgroup.as_ptr());
+    for k in 0..depth {
+        // SAFETY: `k < depth` keeps the 16 panel floats at `16k` and the 6 inputs at `6k`
+        // inside their slices.
+        unsafe {
+            let w0 = _mm256_loadu_ps(pw.add(16 * k));
+            let w1 = _mm256_loadu_ps(pw.add(16 * k + 8));
+            for (t, row) in acc.iter_mut().enumerate() {
+                let xv = _mm256_broadcast_ss(&*px.add(6 * k + t));
+                row[0] = _mm256_fmadd_ps(xv, w0, row[0]);
+                row[1] = _mm256_fmadd_ps(xv, w1, row[1]);
+            }
+        }
+    }
+    for (t, row) in acc.iter().enumerate() {
+        // SAFETY: `tile` holds 96 floats; row `t < T <= 6` writes 16 of them at `16t`.
+        unsafe {
+            _mm256_storeu_ps(tile.as_mut_ptr().add(16 * t), row[0]);
+            _mm256_storeu_ps(tile.as_mut_ptr().add(16 * t + 8), row[1]);
+        }
+    }
 }

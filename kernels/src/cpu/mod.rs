@@ -7,6 +7,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+mod gemm;
 mod ops;
 mod portable;
 mod q8;
@@ -97,6 +98,11 @@ pub(crate) struct Kernels {
     pub prepare: fn(WeightFormat, &[f32], &mut Prepared),
     /// One stored weight row (of the given format) dotted with a prepared input.
     pub row_dot: fn(WeightFormat, &[u8], &Prepared) -> f32,
+    /// One stored weight row to f32, natural order (the blocked product's panels).
+    pub dequantize_row: fn(WeightFormat, &[u8], &mut [f32]),
+    /// The register tile of the blocked product ([`gemm`]): the first `tokens` (up to
+    /// 6) tokens of a packed group x 16 rows.
+    pub micro_kernel: fn(&[f32], &[f32], usize, &mut [f32; 96]),
 }
 
 impl Kernels {
@@ -128,6 +134,8 @@ impl Kernels {
                 weighted_sum: portable::weighted_sum,
                 prepare: |_, x, prepared| prepared.copy_from(x),
                 row_dot: |format, row, input| portable::row_dot(format, row, &input.x),
+                dequantize_row: portable::dequantize_row,
+                micro_kernel: gemm::micro_kernel,
             },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => Self {
@@ -141,6 +149,8 @@ impl Kernels {
                     _ => prepared.copy_from(x),
                 },
                 row_dot: avx2::row_dot,
+                dequantize_row: avx2::dequantize_row,
+                micro_kernel: avx2::micro_kernel,
             },
             // `Isa::is_available` is false off x86-64, so no backend reaches this arm.
             #[cfg(not(target_arch = "x86_64"))]
@@ -212,6 +222,13 @@ impl Default for CpuBackend {
 
 /// Rows a task takes at least, so tiny matrices are not split into pointless work.
 const MIN_ROWS_PER_TASK: usize = 16;
+
+/// A sequence that brings at least this many tokens to a step (a prompt) has its
+/// products run by the blocked tile ([`gemm`]); fewer (a decode step) by `row_dot`.
+/// The choice depends only on the sequence's own count, never on the batch, so a
+/// sequence's bits are the same alone or batched; the two paths round differently, so
+/// a given prompt always takes the same one.
+pub const BLOCKED_MIN_SEQ_TOKENS: usize = 4;
 
 impl CpuBackend {
     /// The fastest instruction set, one thread per CPU. Falls back to a single thread
@@ -353,10 +370,95 @@ impl CpuBackend {
         }
     }
 
+    /// Runs `task` on each item, on the worker pool when there is one, keeping order.
+    fn map_tasks<T, F>(&self, items: &[usize], task: F) -> Vec<T>
+    where
+        T: Send,
+        F: Fn(usize) -> T + Sync + Send,
+    {
+        match &self.pool {
+            None => items.iter().map(|&i| task(i)).collect(),
+            Some(pool) => pool.install(|| items.par_iter().map(|&i| task(i)).collect()),
+        }
+    }
+
+    /// Blocked product ([`gemm`]): tasks own column blocks of whole panels, so a task
+    /// split never cuts a dot. Shapes were checked by the caller.
+    fn matmul_blocked(&self, w: &WeightMatrix, x: &[f32], n: usize, out: &mut [f32]) {
+        let rows = w.rows();
+        let packed = gemm::pack_inputs(x, n, w.cols());
+        let task_rows = rows
+            .div_ceil(self.threads * 2)
+            .next_multiple_of(gemm::PANEL_ROWS);
+        let starts: Vec<usize> = (0..rows).step_by(task_rows).collect();
+        let blocks = self.map_tasks(&starts, |first| {
+            let count = task_rows.min(rows - first);
+            gemm::column_block(&self.kernels, w, &packed, n, first, count)
+        });
+        for (&first, block) in starts.iter().zip(&blocks) {
+            let count = task_rows.min(rows - first);
+            for (out_t, block_t) in out.chunks_exact_mut(rows).zip(block.chunks_exact(count)) {
+                out_t[first..first + count].copy_from_slice(block_t);
+            }
+        }
+    }
+
+    /// A step where some sequences take the blocked path and others the row path:
+    /// gathers each path's tokens, runs each path once, scatters the rows back. Each
+    /// token's result depends only on its own path, so the split does not change bits.
+    fn matmul_mixed(
+        &self,
+        w: &WeightMatrix,
+        x: &[f32],
+        seq_tokens: &[usize],
+        blocked: &[bool],
+        out: &mut [f32],
+    ) {
+        let (rows, cols) = (w.rows(), w.cols());
+        // Index 0 gathers the row path's tokens, index 1 the blocked path's.
+        let mut inputs = [Vec::new(), Vec::new()];
+        let mut first = 0;
+        for (&tokens, &is_blocked) in seq_tokens.iter().zip(blocked) {
+            inputs[usize::from(is_blocked)]
+                .extend_from_slice(&x[first * cols..(first + tokens) * cols]);
+            first += tokens;
+        }
+        let [row_x, blocked_x] = inputs;
+        let mut row_out = vec![0f32; row_x.len() / cols * rows];
+        let mut blocked_out = vec![0f32; blocked_x.len() / cols * rows];
+        self.matmul_rows(w, &row_x, row_x.len() / cols, &mut row_out);
+        self.matmul_blocked(w, &blocked_x, blocked_x.len() / cols, &mut blocked_out);
+        let mut taken = [0usize, 0usize];
+        let mut first = 0;
+        for (&tokens, &is_blocked) in seq_tokens.iter().zip(blocked) {
+            let path = usize::from(is_blocked);
+            let source = if is_blocked { &blocked_out } else { &row_out };
+            let len = tokens * rows;
+            out[first..first + len].copy_from_slice(&source[taken[path]..taken[path] + len]);
+            taken[path] += len;
+            first += len;
+        }
+    }
+
+    /// Whether a sequence bringing `tokens` tokens runs the blocked tile: only for f32
+    /// activations (the 8-bit path stays integer, row by row).
+    fn blocked_for(&self, tokens: usize) -> bool {
+        self.precision == ActivationPrecision::F32 && tokens >= BLOCKED_MIN_SEQ_TOKENS
+    }
+
     /// Rows per task for a matrix of `rows` rows: a few tasks per thread for balance.
     fn rows_per_task(&self, rows: usize) -> usize {
         rows.div_ceil(self.threads * 4).max(MIN_ROWS_PER_TASK)
     }
+}
+
+/// Checks a matmul call's shapes (the [`Backend::matmul`] contract for `n` tokens);
+/// returns false when the product is empty (no rows or no columns).
+fn check_matmul(w: &WeightMatrix, x: &[f32], n: usize, out: &[f32]) -> Result<bool, KernelError> {
+    let (rows, cols) = (w.rows(), w.cols());
+    expect_len("matmul input x", elements(&[n, cols]), x.len())?;
+    expect_len("matmul output", elements(&[n, rows]), out.len())?;
+    Ok(rows > 0 && cols > 0)
 }
 
 /// Fails unless `found == expected`, naming the operand.
@@ -482,10 +584,7 @@ impl Backend for CpuBackend {
         n: usize,
         out: &mut [f32],
     ) -> Result<(), KernelError> {
-        let (rows, cols) = (w.rows(), w.cols());
-        expect_len("matmul input x", elements(&[n, cols]), x.len())?;
-        expect_len("matmul output", elements(&[n, rows]), out.len())?;
-        if rows == 0 || cols == 0 {
+        if !check_matmul(w, x, n, out)? {
             out.fill(0.0);
             return Ok(());
         }
@@ -495,6 +594,29 @@ impl Backend for CpuBackend {
         // whose per-output FMA chain matched for all `n` was tried and made batch-1
         // decode ten times slower, because the weights must be transposed into panels.)
         self.matmul_rows(w, x, n, out);
+        Ok(())
+    }
+
+    fn matmul_seqs(
+        &self,
+        w: &WeightMatrix,
+        x: &[f32],
+        seq_tokens: &[usize],
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let n = crate::total_tokens(seq_tokens)?;
+        if !check_matmul(w, x, n, out)? {
+            out.fill(0.0);
+            return Ok(());
+        }
+        let blocked: Vec<bool> = seq_tokens.iter().map(|&t| self.blocked_for(t)).collect();
+        if blocked.iter().all(|&b| b) {
+            self.matmul_blocked(w, x, n, out);
+        } else if !blocked.contains(&true) {
+            self.matmul_rows(w, x, n, out);
+        } else {
+            self.matmul_mixed(w, x, seq_tokens, &blocked, out);
+        }
         Ok(())
     }
 
