@@ -56,6 +56,12 @@ pub struct BootParams {
 struct StaticConfig {
     /// The vsock port the server listens on when no `chrysalis.serve` is given.
     vsock_port: u32,
+    /// Nanotons per prompt token the server bills (measured with the configuration).
+    #[serde(default)]
+    price_prompt_nanoton: u64,
+    /// Nanotons per generated token.
+    #[serde(default)]
+    price_completion_nanoton: u64,
 }
 
 /// Parses the `chrysalis.*` settings of a kernel command line; other words are ignored,
@@ -125,7 +131,11 @@ pub fn run() -> ! {
         "ready (pid 1, modules {loaded}, model {}, model_root {}, config {}, model disk {}, {} ms)",
         params.model.as_deref().unwrap_or("-"),
         params.model_root.as_deref().unwrap_or("-"),
-        if config.is_some() { "verified" } else { "UNVERIFIED" },
+        if config.is_some() {
+            "verified"
+        } else {
+            "UNVERIFIED"
+        },
         if models { "mounted" } else { "absent" },
         started.elapsed().as_millis()
     ));
@@ -135,7 +145,7 @@ pub fn run() -> ! {
                 .serve
                 .clone()
                 .unwrap_or_else(|| format!("vsock:{}", config.vsock_port));
-            start_server(&listen, &params);
+            start_server(&listen, &params, &config);
         }
         (None, _) => log("not serving: the static configuration is not the measured one"),
         (_, false) => log("not serving: no model disk"),
@@ -364,7 +374,7 @@ fn set_interface_up(name: &str) -> std::io::Result<()> {
 }
 
 /// Starts `/init serve` as a child (not a shell: the same binary, exec'd directly).
-fn start_server(listen: &str, params: &BootParams) {
+fn start_server(listen: &str, params: &BootParams, config: &StaticConfig) {
     let model = params.model.as_deref().unwrap_or("model");
     let mut cmd = Command::new("/proc/self/exe");
     cmd.args(["serve", "--listen", listen, "--model"])
@@ -372,6 +382,10 @@ fn start_server(listen: &str, params: &BootParams) {
     if let Some(root) = &params.model_root {
         cmd.args(["--model-root", root]);
     }
+    cmd.arg("--price-prompt")
+        .arg(config.price_prompt_nanoton.to_string())
+        .arg("--price-completion")
+        .arg(config.price_completion_nanoton.to_string());
     if params.dev {
         cmd.arg("--dev");
     }
@@ -416,6 +430,26 @@ mod tests {
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems.iter().any(|p| p.contains("chrysalis.config")));
         assert!(problems.iter().any(|p| p.contains("bogus")));
+    }
+
+    #[test]
+    fn static_config_prices_are_read_and_default_to_free() {
+        let config: StaticConfig = serde_json::from_str(
+            r#"{"config_version": 1, "vsock_port": 5000,
+                "price_prompt_nanoton": 20000, "price_completion_nanoton": 60000}"#,
+        )
+        .unwrap();
+        assert_eq!(config.vsock_port, 5000);
+        assert_eq!(
+            (config.price_prompt_nanoton, config.price_completion_nanoton),
+            (20000, 60000)
+        );
+        let free: StaticConfig = serde_json::from_str(r#"{"vsock_port": 7}"#).unwrap();
+        assert_eq!(
+            (free.price_prompt_nanoton, free.price_completion_nanoton),
+            (0, 0)
+        );
+        assert!(serde_json::from_str::<StaticConfig>(r#"{"price_prompt_nanoton": 1}"#).is_err());
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub struct Manifest {
     pub guest_features: String,
     /// Launch digests for the published vCPU counts and CPU generations.
     pub snp_launch_digests: Vec<LaunchDigestEntry>,
+    /// Token prices in the measured configuration.
+    #[serde(default)]
+    pub prices: super::ImagePrices,
 }
 
 /// One file of the image.
@@ -100,6 +103,8 @@ pub struct ImageFacts<'a> {
     pub modules: &'a [Module],
     pub lock: &'a ImageLock,
     pub root: &'a Path,
+    /// Token prices in the static configuration.
+    pub prices: super::ImagePrices,
 }
 
 /// One line of a comparison.
@@ -167,6 +172,7 @@ impl Manifest {
             },
             guest_features: format!("{:#x}", launch::QEMU_DEFAULT_GUEST_FEATURES),
             snp_launch_digests: digests,
+            prices: facts.prices,
         })
     }
 
@@ -325,6 +331,7 @@ mod tests {
                 cpu: CpuGeneration::Milan,
                 digest: "dd".into(),
             }],
+            prices: super::super::ImagePrices::default(),
         }
     }
 

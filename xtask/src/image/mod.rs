@@ -64,6 +64,24 @@ pub struct BuildArgs {
     /// Print the manifest as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Token prices, part of the measured configuration.
+    #[command(flatten)]
+    pub prices: ImagePrices,
+}
+
+/// Token prices the enclave bills, in nanotons. They live in the measured static
+/// configuration, so a client that checks the launch digest also knows the prices; a
+/// provider who wants other prices builds (and publishes) another image.
+#[derive(
+    clap::Args, Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize,
+)]
+pub struct ImagePrices {
+    /// Nanotons per prompt token (0 with a zero completion price: serve for free).
+    #[arg(long = "price-prompt", value_name = "NANOTON", default_value_t = 0)]
+    pub prompt_nanoton: u64,
+    /// Nanotons per generated token.
+    #[arg(long = "price-completion", value_name = "NANOTON", default_value_t = 0)]
+    pub completion_nanoton: u64,
 }
 
 /// Options of `cargo xtask verify-image`.
@@ -126,6 +144,7 @@ pub fn run_verify(args: VerifyArgs) -> anyhow::Result<()> {
         skip_firmware: false,
         refresh_apt: false,
         json: false,
+        prices: published.prices,
     };
     let rebuilt = build(&root, &build_args)?.context("the rebuild skipped the firmware")?;
     let report = published.compare(&rebuilt);
@@ -249,7 +268,7 @@ pub fn build(root: &Path, args: &BuildArgs) -> anyhow::Result<Option<Manifest>> 
     let enclave = enclave::build(root, &lock, &root.join("target/image-enclave"))?;
 
     step(5, "initrd and command line");
-    let config = static_config(&args.model);
+    let config = static_config(&args.model, args.prices);
     let config_sha256 = sha256_hex(&config);
     let initrd = initrd_bytes(&fs::read(&enclave)?, &modules, &config)?;
     let cmdline = kernel_cmdline(&args.model, &model_root, &config_sha256);
@@ -273,6 +292,7 @@ pub fn build(root: &Path, args: &BuildArgs) -> anyhow::Result<Option<Manifest>> 
         modules: &modules,
         lock: &lock,
         root,
+        prices: args.prices,
     })
     .map(Some)
 }
@@ -287,13 +307,15 @@ pub const CONFIG_PATH: &str = "etc/chrysalis/config.json";
 pub const MODULES_PATH: &str = "etc/chrysalis/modules";
 
 /// The static configuration baked into the initrd; its SHA-256 is on the command line.
-fn static_config(model: &str) -> Vec<u8> {
+fn static_config(model: &str, prices: ImagePrices) -> Vec<u8> {
     let config = serde_json::json!({
         "config_version": 1,
         "model": model,
         "model_disk": "/dev/vda",
         "vsock_port": 5000,
         "evidence": "sev-snp-or-simulated",
+        "price_prompt_nanoton": prices.prompt_nanoton,
+        "price_completion_nanoton": prices.completion_nanoton,
     });
     let mut text = serde_json::to_string_pretty(&config).unwrap_or_default();
     text.push('\n');
@@ -361,6 +383,24 @@ mod tests {
     }
 
     #[test]
+    fn static_config_carries_the_prices_under_the_names_init_reads() {
+        let prices = ImagePrices {
+            prompt_nanoton: 20_000,
+            completion_nanoton: 60_000,
+        };
+        let config: serde_json::Value =
+            serde_json::from_slice(&static_config("m", prices)).unwrap();
+        // enclave/src/init.rs's StaticConfig reads these three keys.
+        assert_eq!(config["price_prompt_nanoton"], 20_000);
+        assert_eq!(config["price_completion_nanoton"], 60_000);
+        assert_eq!(config["vsock_port"], 5000);
+        assert_ne!(
+            static_config("m", prices),
+            static_config("m", ImagePrices::default())
+        );
+    }
+
+    #[test]
     fn model_root_is_checked() {
         let mut args = BuildArgs {
             model: "m".into(),
@@ -371,6 +411,7 @@ mod tests {
             skip_firmware: false,
             refresh_apt: false,
             json: false,
+            prices: ImagePrices::default(),
         };
         assert!(model_root(&args)
             .unwrap_err()

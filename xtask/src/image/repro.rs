@@ -52,6 +52,7 @@ pub fn run(args: ReproArgs) -> anyhow::Result<()> {
             skip_firmware: false,
             refresh_apt: false,
             json: false,
+            prices: super::ImagePrices::default(),
         };
         manifests.push(
             build(clone, &build_args)
