@@ -197,8 +197,9 @@ impl Server {
 /// Parses `--model-root`: exactly 64 hex digits.
 fn parse_root(text: &str) -> Result<[u8; 32], String> {
     let mut root = [0u8; 32];
-    hex::decode_to_slice(text, &mut root)
-        .map_err(|e| format!("expected 64 hex digits (a SHA-256 Merkle root), got {text:?}: {e}"))?;
+    hex::decode_to_slice(text, &mut root).map_err(|e| {
+        format!("expected 64 hex digits (a SHA-256 Merkle root), got {text:?}: {e}")
+    })?;
     Ok(root)
 }
 
@@ -220,12 +221,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "chrysalis-enclave: SEV-SNP evidence; keys derived from the firmware's measurement-bound key"
         ),
     }
-    let engine = llama_engine::LlamaEngine::load(
-        &args.model,
-        args.model_root,
-        args.device,
-        args.threads,
-    )?;
+    let engine =
+        llama_engine::LlamaEngine::load(&args.model, args.model_root, args.device, args.threads)?;
     let model_root = engine.model_root();
     let limits = Limits {
         max_prompt_tokens: args.max_prompt_tokens,
