@@ -329,7 +329,11 @@ impl Session {
         };
         let mut events = self.server.scheduler.submit(job);
         let mut index = 0u32;
-        let mut pending = empty_chunk();
+        let mut pending = StreamChunk {
+            index: 0,
+            text: String::new(),
+            token_ids: Vec::new(),
+        };
         while let Some(event) = events.recv().await {
             match event {
                 Event::Token { id, text } => {
@@ -338,8 +342,16 @@ impl Session {
                     if stream_chunks
                         || pending.token_ids.len() >= chrysalis_protocol::MAX_CHUNK_TOKENS
                     {
-                        let chunk = take_chunk(&mut pending, index);
+                        pending.index = index;
                         index += 1;
+                        let chunk = std::mem::replace(
+                            &mut pending,
+                            StreamChunk {
+                                index: 0,
+                                text: String::new(),
+                                token_ids: Vec::new(),
+                            },
+                        );
                         // A failed write means the client is gone: returning drops
                         // `events`, which cancels the sequence at the next step.
                         self.send_sealed(stream, &SealedMessage::Chunk(chunk))
@@ -352,7 +364,15 @@ impl Session {
                     reason,
                 } => {
                     if !pending.token_ids.is_empty() {
-                        let chunk = take_chunk(&mut pending, index);
+                        pending.index = index;
+                        let chunk = std::mem::replace(
+                            &mut pending,
+                            StreamChunk {
+                                index: 0,
+                                text: String::new(),
+                                token_ids: Vec::new(),
+                            },
+                        );
                         self.send_sealed(stream, &SealedMessage::Chunk(chunk))
                             .await?;
                     }
@@ -434,20 +454,4 @@ fn to_sampling(
         repeat_last_n: 64,
         seed: p.seed,
     }
-}
-
-/// A chunk with no tokens yet, the start of every pending chunk.
-fn empty_chunk() -> StreamChunk {
-    StreamChunk {
-        index: 0,
-        text: String::new(),
-        token_ids: Vec::new(),
-    }
-}
-
-/// Numbers the pending chunk `index` and takes it, leaving an empty one behind.
-fn take_chunk(pending: &mut StreamChunk, index: u32) -> StreamChunk {
-    let mut chunk = std::mem::replace(pending, empty_chunk());
-    chunk.index = index;
-    chunk
 }
