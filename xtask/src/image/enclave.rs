@@ -16,6 +16,7 @@ const REMAPPED_CARGO_HOME: &str = "/cargo";
 /// Builds `chrysalis-enclave` from the workspace at `root` into `target_dir`; returns
 /// the binary's path.
 pub fn build(root: &Path, lock: &ImageLock, target_dir: &Path) -> anyhow::Result<PathBuf> {
+    ensure_rust_target(root, &lock.rust.target)?;
     let cargo_home = cargo_home()?;
     let flags = [
         format!(
@@ -55,6 +56,37 @@ pub fn build(root: &Path, lock: &ImageLock, target_dir: &Path) -> anyhow::Result
         .exists()
         .then_some(binary.clone())
         .with_context(|| format!("the enclave build wrote no {}", binary.display()))
+}
+
+/// Adds the locked target to the pinned toolchain when it is missing.
+///
+/// `rust-toolchain.toml` lists the target, but rustup adds listed targets only when it
+/// installs the toolchain; a machine that already had 1.95.0 (every CI machine) lacks it,
+/// and the build then fails late with "can't find crate for `core`".
+fn ensure_rust_target(root: &Path, target: &str) -> anyhow::Result<()> {
+    let installed = std::process::Command::new("rustup")
+        .current_dir(root)
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("could not run `rustup target list --installed` (is rustup on PATH?)")?;
+    if !installed.status.success() {
+        anyhow::bail!(
+            "`rustup target list --installed` failed: {}",
+            String::from_utf8_lossy(&installed.stderr).trim()
+        );
+    }
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|line| line.trim() == target)
+    {
+        return Ok(());
+    }
+    eprintln!("the Rust target {target} is missing from the pinned toolchain; adding it");
+    run_checked(
+        std::process::Command::new("rustup")
+            .current_dir(root)
+            .args(["target", "add", target]),
+    )
 }
 
 /// `$CARGO_HOME`, or `~/.cargo`.
