@@ -8,7 +8,7 @@
 //! The layout written is documented in [`crate::dir`].
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
 
@@ -286,7 +286,7 @@ fn safetensors_bytes(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<u8>, ModelError> {
     let total = gguf.tensors.len() as u64;
-    let mut metadata = HashMap::new();
+    let mut metadata = BTreeMap::new();
     let mut converted = Vec::with_capacity(gguf.tensors.len());
     for (done, tensor) in (1u64..).zip(&gguf.tensors) {
         converted.push(convert(gguf, tensor, &mut metadata)?);
@@ -304,15 +304,54 @@ fn safetensors_bytes(
                 .map_err(|e| import_error(format!("tensor {}: {e}", c.name)))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    safetensors::serialize(views, Some(metadata))
-        .map_err(|e| import_error(format!("writing model.safetensors: {e}")))
+    let hashed: HashMap<String, String> = metadata.clone().into_iter().collect();
+    let mut bytes = safetensors::serialize(views, Some(hashed))
+        .map_err(|e| import_error(format!("writing model.safetensors: {e}")))?;
+    canonicalize_metadata(&mut bytes, &metadata)?;
+    Ok(bytes)
+}
+
+/// Rewrites the header's `__metadata__` object with its keys sorted.
+///
+/// `safetensors::serialize` takes the metadata as a `HashMap` and writes it in that map's
+/// iteration order, which is random per process, so two imports of one GGUF gave two
+/// files and two model roots (and no fresh machine could rebuild the published launch
+/// digest, which has the root on its measured command line). The sorted object holds the
+/// same entries, so it has the same length and replaces the unordered one in place; the
+/// span is checked to hold exactly those entries first.
+fn canonicalize_metadata(
+    bytes: &mut [u8],
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), ModelError> {
+    const PREFIX: &[u8] = b"{\"__metadata__\":";
+    let sorted = serde_json::to_vec(metadata).map_err(|e| import_error(e.to_string()))?;
+    let start = 8 + PREFIX.len();
+    let span = bytes
+        .get(8..start + sorted.len())
+        .filter(|head| head.starts_with(PREFIX))
+        .map(|head| &head[PREFIX.len()..])
+        .ok_or_else(|| {
+            import_error("safetensors header does not start with __metadata__".to_owned())
+        })?;
+    let written: BTreeMap<String, String> = serde_json::from_slice(span).map_err(|e| {
+        import_error(format!(
+            "safetensors __metadata__ is not where expected: {e}"
+        ))
+    })?;
+    if written != *metadata {
+        return Err(import_error(
+            "safetensors __metadata__ does not hold the entries written".to_owned(),
+        ));
+    }
+    bytes[start..start + sorted.len()].copy_from_slice(&sorted);
+    Ok(())
 }
 
 /// Converts one tensor, recording block layouts in `metadata`.
 fn convert<'a>(
     gguf: &Gguf<'a>,
     tensor: &TensorInfo,
-    metadata: &mut HashMap<String, String>,
+    metadata: &mut BTreeMap<String, String>,
 ) -> Result<Converted<'a>, ModelError> {
     let bytes = gguf.tensor_bytes(tensor);
     let shape = logical_shape(tensor);

@@ -342,3 +342,65 @@ fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
     }
 }
+
+/// The bytes of every file in `dir`, by name.
+fn dir_bytes(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .expect("read model dir")
+        .map(|entry| {
+            let path = entry.expect("dir entry").path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&path).expect("read file"))
+        })
+        .collect()
+}
+
+#[test]
+fn imports_of_one_gguf_are_byte_identical_with_sorted_metadata() {
+    // Each import builds its maps afresh, so a hash-map order anywhere in the output
+    // shows up as differing bytes across these imports.
+    let gguf = tiny_gguf(&tensor_specs());
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let first = tmp.path().join("import-0");
+    import_into(&first, &gguf).expect("import");
+    let reference = dir_bytes(&first);
+    for run in 1..8 {
+        let dir = tmp.path().join(format!("import-{run}"));
+        import_into(&dir, &gguf).expect("import");
+        assert_eq!(
+            dir_bytes(&dir),
+            reference,
+            "import {run} differs from import 0"
+        );
+    }
+
+    let weights = &reference[WEIGHTS_FILE];
+    let header_len = u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&weights[8..8 + header_len]).unwrap();
+    let written = serde_json::to_string(&header["__metadata__"]).unwrap();
+    let keys: Vec<&str> = header["__metadata__"]
+        .as_object()
+        .expect("__metadata__ object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert!(
+        keys.len() >= 2,
+        "the tiny model has quantized tensors: {written}"
+    );
+    // The raw header text holds the keys in sorted order.
+    let raw = std::str::from_utf8(&weights[8..8 + header_len]).unwrap();
+    let positions: Vec<usize> = keys
+        .iter()
+        .map(|k| raw.find(&format!("\"{k}\"")).unwrap())
+        .collect();
+    let mut sorted_keys = keys.clone();
+    sorted_keys.sort_unstable();
+    let mut by_position: Vec<(usize, &str)> = positions.into_iter().zip(keys).collect();
+    by_position.sort_unstable();
+    let in_file: Vec<&str> = by_position.into_iter().map(|(_, k)| k).collect();
+    assert_eq!(
+        in_file, sorted_keys,
+        "__metadata__ keys are not sorted in the file"
+    );
+}
