@@ -5,10 +5,13 @@
 //! guest image: built, booted under QEMU and chatted with (`boot-test --chat`). The
 //! Rust test output is echoed as it comes and tallied into one summary line at the end.
 //!
-//! The image stage builds OVMF only when a build for the locked inputs is cached
-//! (building it takes about 15 minutes on 2 cores, which CI's budget cannot carry);
-//! with it, the launch digests are also cross-checked against `sev-snp-measure` and
-//! the tamper tests run. Without it, the summary says that they did not run.
+//! The image stage rebuilds every published manifest's image with `verify-image` and
+//! fails on any difference, so a manifest that no longer matches the tree cannot land;
+//! the fresh model import's root is compared too. It builds OVMF only when a build for
+//! the locked inputs is cached (building it takes about 15 minutes on 2 cores, which
+//! CI's budget cannot carry); with it, OVMF and the launch digests are compared as well
+//! and cross-checked against `sev-snp-measure`. Without it, the summary says that they
+//! were not compared.
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -195,8 +198,10 @@ impl Tally {
     }
 }
 
-/// Builds the image, boots it and chats with it; with a cached OVMF also runs the
-/// launch-digest tests. Failures count as failed tests; returns the summary's clause.
+/// Rebuilds every published image and compares it with its manifest (so a stale
+/// manifest fails CI), then boots the default one and chats with it; with a cached OVMF
+/// also runs the launch-digest tests. Failures count as failed tests; returns the
+/// summary's clause.
 fn run_image_stage(root: &std::path::Path, tally: &mut Tally) -> String {
     let full = crate::image::firmware_is_cached(root).unwrap_or(false);
     let xtask = match std::env::current_exe() {
@@ -206,28 +211,42 @@ fn run_image_stage(root: &std::path::Path, tally: &mut Tally) -> String {
             return format!("image stage FAILED: cannot find the xtask binary: {e}");
         }
     };
-    // A scratch manifest: CI must not rewrite the published one.
-    let manifest = root.join("target/ci-image-manifest.json");
-    let mut build = std::process::Command::new(&xtask);
-    build.current_dir(root).arg("build-image");
-    if full {
-        build.arg("--manifest").arg(&manifest);
-    } else {
-        build.arg("--skip-firmware");
+    let mut steps = Vec::new();
+    for (name, manifest) in published_manifests(root) {
+        // The default image goes to target/image, where boot-test looks.
+        let out = if name == crate::image::DEFAULT_MODEL {
+            root.join("target/image")
+        } else {
+            root.join(format!("target/image-verify-{name}"))
+        };
+        let mut verify = std::process::Command::new(&xtask);
+        verify
+            .current_dir(root)
+            .arg("verify-image")
+            .arg(&manifest)
+            .arg("--out")
+            .arg(out);
+        if !full {
+            verify.arg("--without-firmware");
+        }
+        steps.push((format!("verify-image {}", manifest.display()), verify));
     }
     let mut boot = std::process::Command::new(&xtask);
     boot.current_dir(root).args(["boot-test", "--chat"]);
-    for (what, cmd) in [("build-image", &mut build), ("boot-test --chat", &mut boot)] {
-        if let Err(e) = run_checked(cmd) {
+    steps.push(("boot-test --chat".to_owned(), boot));
+    for (what, mut cmd) in steps {
+        if let Err(e) = run_checked(&mut cmd) {
             tally.failed += 1;
             return format!("image stage FAILED at {what}: {e:#}");
         }
         tally.passed += 1;
     }
     if !full {
-        return "image built without OVMF and booted, chat into the guest passed; OVMF is \
-                not cached here, so the launch-digest cross-check did not run (cargo xtask \
-                build-image builds it)"
+        return "image rebuilt without OVMF: kernel, initrd, enclave, command line, image.lock \
+                and model root equal the published manifest; booted, chat into the guest \
+                passed; OVMF is not cached here, so OVMF, the launch digests and their \
+                sev-snp-measure cross-check were NOT compared (cargo xtask build-image \
+                builds it)"
             .to_owned();
     }
     let filter = ["launch".to_owned(), "--ignored".to_owned()];
@@ -237,8 +256,8 @@ fn run_image_stage(root: &std::path::Path, tally: &mut Tally) -> String {
             tally.failed += launch.failed;
             tally.binaries += launch.binaries;
             tally.exit_ok &= launch.exit_ok;
-            "full image built (OVMF cached), booted, chat into the guest passed, launch \
-             digests cross-checked against sev-snp-measure"
+            "full image rebuilt (OVMF cached) and equal to the published manifest, booted, \
+             chat into the guest passed, launch digests cross-checked against sev-snp-measure"
                 .to_owned()
         }
         Err(e) => {
@@ -246,6 +265,21 @@ fn run_image_stage(root: &std::path::Path, tally: &mut Tally) -> String {
             format!("launch-digest tests could not run: {e:#}")
         }
     }
+}
+
+/// Every `measurements/published/NAME.json`, sorted by name.
+fn published_manifests(root: &std::path::Path) -> Vec<(String, std::path::PathBuf)> {
+    let mut found: Vec<(String, std::path::PathBuf)> =
+        std::fs::read_dir(root.join("measurements/published"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+            .filter_map(|path| Some((path.file_stem()?.to_str()?.to_owned(), path)))
+            .collect();
+    found.sort();
+    found
 }
 
 fn run_rust_tests(

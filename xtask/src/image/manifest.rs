@@ -125,6 +125,19 @@ pub struct Comparison {
 pub struct Report {
     /// One line per component and launch digest.
     pub items: Vec<Comparison>,
+    /// Items of the published manifest that were not compared, each with the reason.
+    /// They are never counted as matching.
+    pub not_compared: Vec<String>,
+}
+
+/// The files of an image built without OVMF, for [`Manifest::compare_without_firmware`].
+pub struct ImageFiles<'a> {
+    /// The image directory (vmlinuz, initrd.img, cmdline).
+    pub out: &'a Path,
+    /// The enclave binary inside the initrd.
+    pub enclave: &'a Path,
+    /// The checkout, for image.lock.
+    pub root: &'a Path,
 }
 
 impl Manifest {
@@ -228,6 +241,16 @@ impl Manifest {
                 matches: published == rebuilt,
             });
         };
+        push(
+            "image.lock".to_owned(),
+            &self.inputs.image_lock_sha256,
+            &rebuilt.inputs.image_lock_sha256,
+        );
+        push(
+            "model root".to_owned(),
+            &self.model_root,
+            &rebuilt.model_root,
+        );
         for c in &self.components {
             let other = rebuilt
                 .components
@@ -248,11 +271,76 @@ impl Manifest {
                 other,
             );
         }
-        Report { items }
+        Report {
+            items,
+            not_compared: Vec::new(),
+        }
+    }
+
+    /// Compares an image built without OVMF: image.lock (which pins OVMF's inputs), the
+    /// kernel, initrd, command line and enclave. OVMF and the launch digests are listed
+    /// as not compared; when everything compared matches, they differ from the published
+    /// ones only if the OVMF build itself is not reproducible, which `repro-check` and a
+    /// full `verify-image` test.
+    pub fn compare_without_firmware(&self, image: &ImageFiles<'_>) -> anyhow::Result<Report> {
+        let mut components = Vec::new();
+        for (name, file) in [
+            ("kernel", "vmlinuz"),
+            ("initrd", "initrd.img"),
+            ("cmdline", "cmdline"),
+        ] {
+            components.push(component(name, file, &image.out.join(file))?);
+        }
+        components.push(component("enclave", "initrd.img:/init", image.enclave)?);
+        let mut rebuilt = self.clone();
+        rebuilt.components = components;
+        rebuilt.inputs.image_lock_sha256 = sha256_file(&image.root.join(super::lock::LOCK_FILE))?;
+        rebuilt.cmdline = fs::read_to_string(image.out.join("cmdline"))?;
+        let mut report = self.compare(&rebuilt);
+        // The rebuilt side's model root is the published one (verify-image builds for
+        // it), so comparing it here would prove nothing; the fresh import's root is
+        // compared by `push_fresh_model_root`.
+        report.items.retain(|item| {
+            !["ovmf", "model root"].contains(&item.item.as_str())
+                && !item.item.starts_with("launch digest")
+        });
+        report.not_compared.push(format!(
+            "ovmf and {} launch digests: built without OVMF (--without-firmware)",
+            self.snp_launch_digests.len()
+        ));
+        Ok(report)
     }
 }
 
 impl Report {
+    /// Compares the published model root with the one a fresh import under `home`
+    /// computed (`cargo xtask fetch-model` writes `models/NAME/manifest.json`), so a
+    /// model import that is not reproducible shows up here instead of as a launch
+    /// digest nobody can rebuild.
+    pub fn push_fresh_model_root(&mut self, published: &Manifest, home: &Path) {
+        let path = home
+            .join("models")
+            .join(&published.name)
+            .join("manifest.json");
+        let imported = fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|json| json.get("root")?.as_str().map(str::to_owned));
+        match imported {
+            Some(root) => self.items.push(Comparison {
+                item: "model root (import here)".to_owned(),
+                matches: root == published.model_root,
+                published: published.model_root.clone(),
+                rebuilt: root,
+            }),
+            None => self.not_compared.push(format!(
+                "model root: no imported model at {} (cargo xtask fetch-model {})",
+                path.display(),
+                published.name
+            )),
+        }
+    }
+
     /// Whether every item matched.
     pub fn all_match(&self) -> bool {
         !self.items.is_empty() && self.items.iter().all(|i| i.matches)
@@ -270,8 +358,16 @@ impl Report {
                 );
             }
         }
+        for what in &self.not_compared {
+            println!("NOT COMPARED  {what}");
+        }
         let bad = self.items.iter().filter(|i| !i.matches).count();
-        println!("{} items, {} mismatched", self.items.len(), bad);
+        println!(
+            "{} items compared, {} mismatched, {} not compared",
+            self.items.len(),
+            bad,
+            self.not_compared.len()
+        );
     }
 }
 
@@ -347,6 +443,86 @@ mod tests {
         let mut digest = sample();
         digest.snp_launch_digests[0].digest = "de".into();
         assert!(!published.compare(&digest).all_match());
+        let mut lock = sample();
+        lock.inputs.image_lock_sha256 = "j".into();
+        assert!(!published.compare(&lock).all_match());
+    }
+
+    #[test]
+    fn a_fresh_import_with_another_root_is_a_mismatch_and_none_is_not_compared() {
+        let published = sample();
+        let home = tempfile::tempdir().unwrap();
+        let mut report = published.compare(&sample());
+        report.push_fresh_model_root(&published, home.path());
+        assert!(report.all_match());
+        assert_eq!(report.not_compared.len(), 1, "{:?}", report.not_compared);
+
+        let dir = home.path().join("models/m");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("manifest.json"), r#"{"root":"ff"}"#).unwrap();
+        let mut report = published.compare(&sample());
+        report.push_fresh_model_root(&published, home.path());
+        assert!(!report.all_match());
+        fs::write(
+            dir.join("manifest.json"),
+            format!(r#"{{"root":"{}"}}"#, published.model_root),
+        )
+        .unwrap();
+        let mut report = published.compare(&sample());
+        report.push_fresh_model_root(&published, home.path());
+        assert!(report.all_match() && report.not_compared.is_empty());
+    }
+
+    #[test]
+    fn without_firmware_compares_every_file_but_ovmf_and_names_what_it_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for (file, bytes) in [
+            ("vmlinuz", "kernel"),
+            ("initrd.img", "initrd"),
+            ("cmdline", "console=ttyS0"),
+            ("init", "enclave"),
+            (super::super::lock::LOCK_FILE, "lock"),
+        ] {
+            fs::write(root.join(file), bytes).unwrap();
+        }
+        let files = ImageFiles {
+            out: root,
+            enclave: &root.join("init"),
+            root,
+        };
+        let mut published = sample();
+        published.components.clear();
+        published.inputs.image_lock_sha256 = sha256_file(&root.join("image.lock")).unwrap();
+        for (name, file, path) in [
+            ("ovmf", "OVMF.fd", "cmdline"),
+            ("kernel", "vmlinuz", "vmlinuz"),
+            ("initrd", "initrd.img", "initrd.img"),
+            ("cmdline", "cmdline", "cmdline"),
+            ("enclave", "initrd.img:/init", "init"),
+        ] {
+            published
+                .components
+                .push(component(name, file, &root.join(path)).unwrap());
+        }
+        let report = published.compare_without_firmware(&files).unwrap();
+        assert!(report.all_match(), "{report:?}");
+        let compared: Vec<&str> = report.items.iter().map(|i| i.item.as_str()).collect();
+        assert_eq!(
+            compared,
+            ["image.lock", "kernel", "initrd", "cmdline", "enclave"]
+        );
+        assert!(report.not_compared[0].contains("launch digests"));
+
+        fs::write(root.join("init"), "other enclave").unwrap();
+        let report = published.compare_without_firmware(&files).unwrap();
+        let bad: Vec<&str> = report
+            .items
+            .iter()
+            .filter(|i| !i.matches)
+            .map(|i| i.item.as_str())
+            .collect();
+        assert_eq!(bad, ["enclave"]);
     }
 
     #[test]

@@ -100,12 +100,27 @@ pub struct VerifyArgs {
     /// Print the comparison as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Do not build OVMF (a quarter of an hour on 2 cores the first time): compare the
+    /// kernel, initrd, enclave, command line and image.lock, and report OVMF and the
+    /// launch digests as not compared. CI uses this when no OVMF build is cached.
+    #[arg(long)]
+    pub without_firmware: bool,
+}
+
+/// What `build` wrote.
+pub struct BuiltImage {
+    /// The image directory: vmlinuz, initrd.img, cmdline, and OVMF.fd unless skipped.
+    pub out: PathBuf,
+    /// The enclave binary that is the initrd's `/init`.
+    pub enclave: PathBuf,
+    /// The manifest, when OVMF was built and the launch digests computed.
+    pub manifest: Option<Manifest>,
 }
 
 /// `cargo xtask build-image`.
 pub fn run_build(args: BuildArgs) -> anyhow::Result<()> {
     let root = workspace_root();
-    let Some(manifest) = build(&root, &args)? else {
+    let Some(manifest) = build(&root, &args)?.manifest else {
         eprintln!(
             "--skip-firmware: wrote vmlinuz, initrd.img and cmdline; no OVMF, digests or manifest"
         );
@@ -141,13 +156,21 @@ pub fn run_verify(args: VerifyArgs) -> anyhow::Result<()> {
         out: Some(args.out.unwrap_or_else(|| root.join("target/image-verify"))),
         manifest: None,
         rebuild_ovmf: false,
-        skip_firmware: false,
+        skip_firmware: args.without_firmware,
         refresh_apt: false,
         json: false,
         prices: published.prices,
     };
-    let rebuilt = build(&root, &build_args)?.context("the rebuild skipped the firmware")?;
-    let report = published.compare(&rebuilt);
+    let built = build(&root, &build_args)?;
+    let mut report = match &built.manifest {
+        Some(rebuilt) => published.compare(rebuilt),
+        None => published.compare_without_firmware(&manifest::ImageFiles {
+            out: &built.out,
+            enclave: &built.enclave,
+            root: &root,
+        })?,
+    };
+    report.push_fresh_model_root(&published, &chrysalis_home());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -159,8 +182,10 @@ pub fn run_verify(args: VerifyArgs) -> anyhow::Result<()> {
         if !published_from.is_empty() && *published_from != here {
             eprintln!(
                 "note: {} was built from commit {published_from}, this checkout is {here}; \
-                 check that commit out and verify again",
-                args.manifest.display()
+                 if that commit is older, the manifest is stale: rebuild and publish it \
+                 (cargo xtask build-image --model {})",
+                args.manifest.display(),
+                published.name
             );
         }
         bail!("the rebuilt image differs from {}", args.manifest.display());
@@ -199,7 +224,7 @@ fn model_root(args: &BuildArgs) -> anyhow::Result<String> {
 }
 
 /// Builds the image described by `args` from the checkout at `root`.
-pub fn build(root: &Path, args: &BuildArgs) -> anyhow::Result<Option<Manifest>> {
+pub fn build(root: &Path, args: &BuildArgs) -> anyhow::Result<BuiltImage> {
     if args.model.is_empty()
         || !args
             .model
@@ -281,9 +306,13 @@ pub fn build(root: &Path, args: &BuildArgs) -> anyhow::Result<Option<Manifest>> 
 
     step(6, "SNP launch digests");
     if ovmf.is_none() {
-        return Ok(None);
+        return Ok(BuiltImage {
+            out,
+            enclave,
+            manifest: None,
+        });
     }
-    Manifest::of_image(manifest::ImageFacts {
+    let manifest = Manifest::of_image(manifest::ImageFacts {
         name: &args.model,
         model_root: &model_root,
         config_sha256: &config_sha256,
@@ -293,8 +322,12 @@ pub fn build(root: &Path, args: &BuildArgs) -> anyhow::Result<Option<Manifest>> 
         lock: &lock,
         root,
         prices: args.prices,
+    })?;
+    Ok(BuiltImage {
+        out,
+        enclave,
+        manifest: Some(manifest),
     })
-    .map(Some)
 }
 
 fn step(n: u32, what: &str) {

@@ -1,5 +1,12 @@
-//! `cargo xtask repro-check`: two clones of the repository at different paths must
-//! give the same bytes for every component and the same launch digests.
+//! `cargo xtask repro-check`: two clones of the repository at different paths, each
+//! with its own fresh `CHRYSALIS_HOME`, must give the same bytes for every component,
+//! the same model root and the same launch digests.
+//!
+//! Nothing is shared between the two builds but the pinned downloads' sources (the
+//! Debian mirror, PyPI) and the fixed OVMF build path: each home fetches and imports the
+//! model itself, downloads the pinned packages, builds OVMF and builds the enclave into
+//! its clone's own target directory. A check whose two builds share a cache proves
+//! nothing about a reviewer's machine.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,21 +19,21 @@ use crate::util::{run_checked, workspace_root};
 /// Options of `cargo xtask repro-check`.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Clones the committed HEAD twice (paths of different lengths), builds the \
-image in each with a release enclave build per clone, and compares. OVMF is shared through the \
-input-hash cache (its build path is fixed); add --rebuild-ovmf to rebuild it for the second clone \
-too.\n\nExample: cargo xtask repro-check --model-root $(printf 'ab%.0s' {1..32})"
+    after_help = "Clones the committed HEAD twice (paths of different lengths), gives each \
+clone a fresh CHRYSALIS_HOME, fetches and imports the model into each, builds the image in each \
+(OVMF, kernel, a release enclave build per clone) and compares every component, the model root \
+and every launch digest. Slow on purpose: two OVMF builds (about 15 minutes each on 2 cores) and \
+two clean enclave builds.\n\nExample: cargo xtask repro-check\n         cargo xtask repro-check \
+--model-root $(printf 'ab%.0s' {1..32})   # skips the model import"
 )]
 pub struct ReproArgs {
     /// Model name written into the image.
     #[arg(long, default_value = DEFAULT_MODEL)]
     model: String,
-    /// Model root hash (64 hex digits) [default: the fetched model's].
+    /// Model root hash (64 hex digits): skip the model import in each home and build
+    /// both images for this root [default: each home imports the model itself].
     #[arg(long)]
     model_root: Option<String>,
-    /// Rebuild OVMF for the second clone instead of using the cache.
-    #[arg(long)]
-    rebuild_ovmf: bool,
     /// Keep the clones afterwards.
     #[arg(long)]
     keep: bool,
@@ -41,14 +48,28 @@ pub fn run(args: ReproArgs) -> anyhow::Result<()> {
     let base = std::env::temp_dir().join(format!("chrysalis-repro-{}", std::process::id()));
     let clones = [base.join("a"), base.join("second-clone-at-a-longer-path")];
     let mut manifests = Vec::new();
-    for (i, clone) in clones.iter().enumerate() {
+    for clone in &clones {
         clone_head(&source, clone)?;
+        let home = clone.with_extension("home");
+        std::fs::create_dir_all(&home)?;
+        eprintln!(
+            "\n==> repro-check: clone {} with the fresh CHRYSALIS_HOME {}",
+            clone.display(),
+            home.display()
+        );
+        // Everything below reads the home from the environment; xtask is single-threaded.
+        std::env::set_var("CHRYSALIS_HOME", &home);
+        if args.model_root.is_none() {
+            crate::stack::ensure_model(&args.model)?;
+        }
         let build_args = BuildArgs {
             model: args.model.clone(),
             model_root: args.model_root.clone(),
             out: Some(clone.join("target/image")),
             manifest: None,
-            rebuild_ovmf: args.rebuild_ovmf && i == 1,
+            // A fresh home has no cached OVMF; rebuild anyway in case the fixed build
+            // directory holds a tree from an earlier build.
+            rebuild_ovmf: true,
             skip_firmware: false,
             refresh_apt: false,
             json: false,
@@ -57,6 +78,7 @@ pub fn run(args: ReproArgs) -> anyhow::Result<()> {
         manifests.push(
             build(clone, &build_args)
                 .with_context(|| format!("build in {} failed", clone.display()))?
+                .manifest
                 .context("the build skipped the firmware")?,
         );
     }
