@@ -122,7 +122,6 @@ pub struct Server {
     billing: billing::Billing,
     sessions: Arc<Semaphore>,
     config: ServeConfig,
-    session_counter: AtomicU64,
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
 }
@@ -168,10 +167,12 @@ impl Server {
         Arc::clone(&self.sessions).try_acquire_owned().ok()
     }
 
-    fn next_session_id(&self) -> [u8; 16] {
-        let n = self.session_counter.fetch_add(1, Ordering::Relaxed);
+    /// A fresh random session id: unique across reboots and not guessable, unlike the
+    /// per-boot counter it replaces (which restarted at zero and told an observer how
+    /// many sessions came before).
+    fn next_session_id() -> [u8; 16] {
         let mut id = [0u8; 16];
-        id[8..].copy_from_slice(&n.to_be_bytes());
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
         id
     }
 
@@ -211,6 +212,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let provider = attest::select(args.dev, Vec::new())?;
     match provider.kind() {
@@ -247,7 +249,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             max_sessions: args.max_sessions,
             idle_timeout: Duration::from_secs(args.idle_timeout_secs),
         },
-        session_counter: AtomicU64::new(0),
         prompt_tokens: AtomicU64::new(0),
         completion_tokens: AtomicU64::new(0),
     });

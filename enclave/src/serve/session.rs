@@ -144,7 +144,7 @@ where
                         return Ok(());
                     }
                 };
-                let session_id = server.next_session_id();
+                let session_id = Server::next_session_id();
                 send_plain(
                     &mut stream,
                     &PlainMessage::SessionAccept(SessionAccept { session_id }),
