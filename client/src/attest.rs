@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use chrysalis_measurements::snp::{extract, verify_with_certs, Policy, Report};
-use chrysalis_protocol::{Evidence, EvidenceKind, EvidenceRequest, Frame, PlainMessage};
+use chrysalis_protocol::{
+    Evidence, EvidenceKind, EvidenceRequest, ForeignFrame, Frame, PlainMessage,
+};
 use rand_core::{OsRng, RngCore};
 
 use crate::transport::Endpoint;
@@ -22,6 +24,9 @@ pub enum AttestError {
     /// The shim or enclave could not be reached, or answered with an error.
     #[error("fetching evidence: {0}")]
     Fetch(String),
+    /// The enclave speaks another protocol version (both are named).
+    #[error("{0}")]
+    Version(String),
     /// The answer was not evidence.
     #[error("evidence answer malformed: {0}")]
     Malformed(String),
@@ -145,6 +150,11 @@ pub async fn fetch_evidence(
         .post_evidence(request)
         .await
         .map_err(AttestError::Fetch)?;
+    if let Some(foreign) = ForeignFrame::parse(&answer) {
+        return Err(AttestError::Version(crate::transport::version_mismatch(
+            &foreign,
+        )));
+    }
     let frame = Frame::decode(&answer).map_err(|e| AttestError::Malformed(e.to_string()))?;
     match PlainMessage::from_frame(&frame).map_err(|e| AttestError::Malformed(e.to_string()))? {
         PlainMessage::EvidenceResponse(evidence) => Ok(evidence),

@@ -3,8 +3,8 @@
 use chrysalis_protocol::billing::{Bill, BillChain, BillingError, ChannelBind, CheckedBill};
 use chrysalis_protocol::ton::ChannelConfig;
 use chrysalis_protocol::{
-    ErrorMessage, FinishReason, Frame, InferenceRequest, PlainMessage, Receipt, SealedChannel,
-    SealedMessage, StreamChunk, Usage,
+    ClientHandshake, ErrorMessage, FinishReason, ForeignFrame, Frame, InferenceRequest,
+    PlainMessage, Receipt, SealedChannel, SealedMessage, StreamChunk, Usage,
 };
 use futures_util::{SinkExt, StreamExt};
 use rand_core::OsRng;
@@ -34,6 +34,14 @@ pub enum SessionError {
     /// The session ended before the response did.
     #[error("session closed: {0}")]
     Closed(String),
+    /// The enclave's session accept was refused (its signature over the transcript does
+    /// not verify under the evidence's key, or its key share is weak): no key was
+    /// derived and the session is closed.
+    #[error("the enclave's session accept was refused, session closed: {0}")]
+    Handshake(chrysalis_protocol::ProtocolError),
+    /// The enclave speaks another protocol version (both are named).
+    #[error("{0}")]
+    Version(String),
     /// A frame from the enclave did not open or decode: the session is unusable.
     #[error("protocol: {0}")]
     Protocol(#[from] chrysalis_protocol::ProtocolError),
@@ -102,11 +110,7 @@ impl Session {
             .open_socket()
             .await
             .map_err(SessionError::Transport)?;
-        let (channel, open) = SealedChannel::client(
-            &mut OsRng,
-            &verdict.evidence.x25519_pub,
-            &verdict.evidence.hash(),
-        )?;
+        let (handshake, open) = ClientHandshake::start(&mut OsRng, &verdict.evidence);
         let client_ephemeral_pub = open.client_ephemeral_pub;
         let frame = PlainMessage::SessionOpen(open).to_frame_bytes()?;
         socket
@@ -115,13 +119,18 @@ impl Session {
             .map_err(transport)?;
         let reply = next_frame(&mut socket).await?;
         match PlainMessage::from_frame(&reply)? {
-            PlainMessage::SessionAccept(_) => Ok(Self {
-                socket,
-                channel,
-                verdict,
-                client_ephemeral_pub,
-                bills: None,
-            }),
+            PlainMessage::SessionAccept(accept) => {
+                // The signature is checked before any key is derived; the ephemeral
+                // secrets are wiped whatever the outcome.
+                let channel = handshake.finish(&accept).map_err(SessionError::Handshake)?;
+                Ok(Self {
+                    socket,
+                    channel,
+                    verdict,
+                    client_ephemeral_pub,
+                    bills: None,
+                })
+            }
             PlainMessage::Error(e) => Err(refused(e)),
             _ => Err(SessionError::Closed("expected a session accept".into())),
         }
@@ -286,7 +295,14 @@ fn refused(e: ErrorMessage) -> SessionError {
 async fn next_frame(socket: &mut SessionSocket) -> Result<Frame, SessionError> {
     loop {
         match socket.next().await {
-            Some(Ok(Message::Binary(bytes))) => return Ok(Frame::decode(&bytes)?),
+            Some(Ok(Message::Binary(bytes))) => {
+                if let Some(foreign) = ForeignFrame::parse(&bytes) {
+                    return Err(SessionError::Version(crate::transport::version_mismatch(
+                        &foreign,
+                    )));
+                }
+                return Ok(Frame::decode(&bytes)?);
+            }
             Some(Ok(Message::Close(Some(close)))) => {
                 return Err(SessionError::Closed(format!(
                     "the shim closed the session: {}",

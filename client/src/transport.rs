@@ -11,6 +11,23 @@ use tokio_tungstenite::WebSocketStream;
 /// Largest evidence answer read (a report, a few certificates, keys).
 const MAX_EVIDENCE_ANSWER: usize = 256 * 1024;
 
+/// Names a protocol-version mismatch with the enclave from a frame of another version:
+/// both versions, what to do, and the enclave's own words when it sent an error.
+pub fn version_mismatch(foreign: &chrysalis_protocol::ForeignFrame) -> String {
+    let ours = chrysalis_protocol::PROTOCOL_VERSION;
+    let theirs = foreign.version;
+    let advice = if theirs < ours {
+        format!("the enclave must be upgraded, or use a client that speaks v{theirs}")
+    } else {
+        "upgrade the client".to_owned()
+    };
+    let said = match &foreign.error {
+        Some(e) => format!(" (the enclave said: {})", e.message),
+        None => String::new(),
+    };
+    format!("enclave speaks protocol v{theirs}, this client speaks v{ours}: {advice}{said}")
+}
+
 /// A byte stream to the shim, TLS or not.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}

@@ -16,7 +16,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use chrysalis_client::transport::Endpoint;
-use chrysalis_protocol::{SealedMessage, SessionOpen};
+use chrysalis_protocol::SealedMessage;
 use common::{
     chat_request, find_leak, start_until, Direction, RawSession, Stack, StackOptions, Tap,
     PARIS_TEXT,
@@ -55,10 +55,42 @@ impl RngCore for RecordingRng {
 
 impl CryptoRng for RecordingRng {}
 
-/// The secrets of one session as the test derives them: the client's ephemeral
-/// secret, the X25519 shared secret, and the two AES-256-GCM keys.
-fn session_secrets(rng: &RecordingRng, open: &SessionOpen, enclave_pub: [u8; 32]) -> Vec<Vec<u8>> {
+/// Hands out recorded bytes again, in order: replays the client's key generation.
+struct Replay(Vec<u8>);
+
+impl RngCore for Replay {
+    fn next_u32(&mut self) -> u32 {
+        rand_core::impls::next_u32_via_fill(self)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        rand_core::impls::next_u64_via_fill(self)
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        assert!(self.0.len() >= dest.len(), "replayed past the recording");
+        let rest = self.0.split_off(dest.len());
+        dest.copy_from_slice(&self.0);
+        self.0 = rest;
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl CryptoRng for Replay {}
+
+/// The secrets of one session as the test derives them, with their names: the client's
+/// ephemeral X25519 secret, its ML-KEM seeds d and z, both DH results, the ML-KEM
+/// shared secret, and the two AES-256-GCM keys.
+fn session_secrets(rng: &RecordingRng, session: &RawSession) -> Vec<(&'static str, Vec<u8>)> {
+    use ml_kem::kem::Decapsulate;
+    use ml_kem::KemCore;
+    let (open, accept) = (&session.open, &session.accept);
     let drawn = rng.0.lock().expect("rng log").clone();
+    assert!(drawn.len() >= 96, "the client drew {} bytes", drawn.len());
     let ephemeral: [u8; 32] = drawn[..32].try_into().expect("32 random bytes drawn");
     let secret = x25519_dalek::StaticSecret::from(ephemeral);
     assert_eq!(
@@ -66,13 +98,32 @@ fn session_secrets(rng: &RecordingRng, open: &SessionOpen, enclave_pub: [u8; 32]
         open.client_ephemeral_pub,
         "the recorded bytes are the ephemeral key"
     );
-    let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(enclave_pub));
-    let keys = chrysalis_protocol::session_keys(shared.as_bytes(), open);
+    let enclave_pub = session.verdict.evidence.x25519_pub;
+    let static_dh = secret.diffie_hellman(&x25519_dalek::PublicKey::from(enclave_pub));
+    let ephemeral_dh =
+        secret.diffie_hellman(&x25519_dalek::PublicKey::from(accept.enclave_ephemeral_pub));
+    let (dk, ek) = ml_kem::MlKem768::generate(&mut Replay(drawn[32..96].to_vec()));
+    assert_eq!(
+        ml_kem::EncodedSizeUser::as_bytes(&ek).as_slice(),
+        open.client_mlkem_pub.as_slice(),
+        "the recorded bytes are the ML-KEM seeds"
+    );
+    let kem: [u8; 32] = dk
+        .decapsulate(&accept.mlkem_ciphertext.into())
+        .expect("decapsulation")
+        .into();
+    let th = chrysalis_protocol::transcript_hash(&open.evidence_hash, open, accept);
+    let keys =
+        chrysalis_protocol::session_keys(static_dh.as_bytes(), ephemeral_dh.as_bytes(), &kem, &th);
     vec![
-        ephemeral.to_vec(),
-        shared.as_bytes().to_vec(),
-        keys[0].to_vec(),
-        keys[1].to_vec(),
+        ("client ephemeral secret", ephemeral.to_vec()),
+        ("ML-KEM seed d", drawn[32..64].to_vec()),
+        ("ML-KEM seed z", drawn[64..96].to_vec()),
+        ("static DH secret", static_dh.as_bytes().to_vec()),
+        ("ephemeral DH secret", ephemeral_dh.as_bytes().to_vec()),
+        ("ML-KEM shared secret", kem.to_vec()),
+        ("c2s key", keys[0].to_vec()),
+        ("s2c key", keys[1].to_vec()),
     ]
 }
 
@@ -116,7 +167,7 @@ fn prompt_answer_and_keys_never_reach_the_shim_or_any_log() {
                 .expect("seal");
             session.send(sealed).await;
             let answer = session.read_answer().await;
-            let secrets = session_secrets(&rng, &session.open, session.verdict.evidence.x25519_pub);
+            let secrets = session_secrets(&rng, &session);
             (answer, secrets)
         });
     // The path worked, so the scans below look at a real exchange.
@@ -154,15 +205,10 @@ fn prompt_answer_and_keys_never_reach_the_shim_or_any_log() {
         String::from_utf8_lossy(&shim_log_text).contains("TRACE"),
         "the shim did not log at trace level"
     );
-    let named: Vec<(&str, &[u8])> = [
-        "client ephemeral secret",
-        "shared secret",
-        "c2s key",
-        "s2c key",
-    ]
-    .into_iter()
-    .zip(secrets.iter().map(Vec::as_slice))
-    .collect();
+    let named: Vec<(&str, &[u8])> = secrets
+        .iter()
+        .map(|(name, bytes)| (*name, bytes.as_slice()))
+        .collect();
     let everything: Vec<(&str, &[u8])> = plaintext.iter().copied().chain(named).collect();
     assert_no_leak("the shim's log", &shim_log_text, &everything);
     assert_no_leak("the shim's /metrics", metrics.as_bytes(), &everything);

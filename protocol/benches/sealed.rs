@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
-use chrysalis_protocol::{EnclaveKeys, FrameDecoder, SealedChannel};
+use chrysalis_protocol::{
+    ClientHandshake, EnclaveKeys, Evidence, EvidenceKind, FrameDecoder, SealedChannel,
+};
 
 const ROUNDS: usize = 15;
 const BYTES_PER_ROUND: usize = 8 << 20;
@@ -17,10 +19,20 @@ const BYTES_PER_ROUND: usize = 8 << 20;
 /// Seconds to push `BYTES_PER_ROUND` through seal, stream decode and open.
 fn channel_round(size: usize) -> f64 {
     let keys = EnclaveKeys::from_seed(&[1; 32]);
-    let hash = [2; 32];
-    let (mut client, open) =
-        SealedChannel::client(&mut rand_core::OsRng, &keys.x25519_public(), &hash).unwrap();
-    let mut server = SealedChannel::server(&keys, &open, &hash).unwrap();
+    let evidence = Evidence {
+        kind: EvidenceKind::Simulated,
+        report: Vec::new(),
+        cert_chain: Vec::new(),
+        x25519_pub: keys.x25519_public(),
+        ed25519_pub: keys.ed25519_public(),
+        model_root: [2; 32],
+        manifest_id: String::new(),
+    };
+    let rng = &mut rand_core::OsRng;
+    let (handshake, open) = ClientHandshake::start(rng, &evidence);
+    let (mut server, accept) =
+        SealedChannel::server(rng, &keys, &open, &evidence.hash(), [0; 16]).unwrap();
+    let mut client = handshake.finish(&accept).unwrap();
     let payload = vec![0x5a; size];
     let mut decoder = FrameDecoder::new();
     let start = Instant::now();

@@ -55,36 +55,41 @@ pub fn check_len(field: &'static str, len: usize, max: usize) -> Result<(), Prot
     }
 }
 
-/// Serde for `[u8; 64]` (serde derives stop at 32): a fixed 64-byte tuple on the wire,
-/// no length prefix.
-pub(crate) mod array64 {
+/// Serde for `[u8; N]` of any length (serde derives stop at 32): a fixed N-byte tuple
+/// on the wire, no length prefix, each byte as itself (postcard writes a `u8` raw).
+pub(crate) mod fixed_bytes {
     use serde::de::{Error, SeqAccess, Visitor};
     use serde::ser::SerializeTuple;
     use serde::{Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(bytes: &[u8; 64], serializer: S) -> Result<S::Ok, S::Error> {
-        let mut tuple = serializer.serialize_tuple(64)?;
+    pub fn serialize<S: Serializer, const N: usize>(
+        bytes: &[u8; N],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut tuple = serializer.serialize_tuple(N)?;
         for byte in bytes {
             tuple.serialize_element(byte)?;
         }
         tuple.end()
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u8; 64], D::Error> {
-        deserializer.deserialize_tuple(64, Array64Visitor)
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        deserializer: D,
+    ) -> Result<[u8; N], D::Error> {
+        deserializer.deserialize_tuple(N, FixedVisitor::<N>)
     }
 
-    struct Array64Visitor;
+    struct FixedVisitor<const N: usize>;
 
-    impl<'de> Visitor<'de> for Array64Visitor {
-        type Value = [u8; 64];
+    impl<'de, const N: usize> Visitor<'de> for FixedVisitor<N> {
+        type Value = [u8; N];
 
         fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-            f.write_str("64 bytes")
+            write!(f, "{N} bytes")
         }
 
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; 64], A::Error> {
-            let mut out = [0u8; 64];
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; N], A::Error> {
+            let mut out = [0u8; N];
             for (i, slot) in out.iter_mut().enumerate() {
                 *slot = seq
                     .next_element()?
@@ -94,3 +99,6 @@ pub(crate) mod array64 {
         }
     }
 }
+
+/// Serde for `[u8; 64]` (signatures): [`fixed_bytes`] at 64.
+pub(crate) use fixed_bytes as array64;

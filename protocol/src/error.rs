@@ -11,7 +11,7 @@ use thiserror::Error;
 #[non_exhaustive]
 pub enum ProtocolError {
     /// The frame header names a protocol version this build does not speak.
-    #[error("unknown protocol version {found}, expected {expected}")]
+    #[error("peer speaks protocol v{found}, this build speaks v{expected}")]
     UnknownVersion {
         /// Version found in the frame header.
         found: u16,
@@ -154,6 +154,11 @@ pub enum ProtocolError {
     /// a low-order point.
     #[error("key exchange with a low-order public key; expected a contributory key")]
     WeakPublicKey,
+
+    /// An ML-KEM-768 encapsulation key failed FIPS 203's input check (a 12-bit
+    /// coefficient is not below q = 3329).
+    #[error("ML-KEM-768 encapsulation key is not canonical; expected every coefficient below 3329 (FIPS 203, 7.2)")]
+    InvalidKemKey,
 
     /// An Ed25519 public key did not decode to a valid curve point.
     #[error("invalid Ed25519 public key {key}")]

@@ -7,15 +7,22 @@
 //!  0     4    body length, u32 big-endian (header excluded)
 //!  4     2    protocol version, u16 big-endian (PROTOCOL_VERSION)
 //!  6     1    kind: 0x01 plain, 0x02 sealed
-//!  7     1    flags: must be 0 in version 1
+//!  7     1    flags: must be 0 in versions 1 and 2
 //!  8     8    counter, u64 big-endian: the sender's sequence number for sealed
 //!             frames, 0 for plain frames
 //! ```
+//!
+//! Bytes 0..6 (length and version) mean the same in every version: an [`Envelope`].
+//! A relay needs nothing more to carry frames of any version, and a peer that meets a
+//! frame of another version answers in that version ([`ForeignFrame::refusal`]), so
+//! an old client reads why it was refused instead of a dropped connection.
 //!
 //! The header is checked (version, kind, flags, counter, length against
 //! [`MAX_FRAME_LEN`]) before a single body byte is buffered or allocated. For sealed
 //! frames the whole header is the AEAD's associated data.
 
+use crate::codec::WireMessage;
+use crate::messages::{ErrorMessage, PlainMessage};
 use crate::version::{check_version, PROTOCOL_VERSION};
 use crate::ProtocolError;
 
@@ -147,6 +154,109 @@ fn check_body_len(body_len: u64) -> Result<(), ProtocolError> {
         })
     } else {
         Ok(())
+    }
+}
+
+/// The version-independent start of a frame header: the body length (bytes 0..4) and
+/// the protocol version (bytes 4..6). Every version keeps these two fields where they
+/// are, so a relay can carry, and a peer can size, a frame of any version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// The version the sender speaks.
+    pub version: u16,
+    /// Body length in bytes, at most [`MAX_BODY_LEN`].
+    pub body_len: u32,
+}
+
+impl Envelope {
+    /// Reads the length and version of a header of any version; only the length is
+    /// checked (against [`MAX_BODY_LEN`]).
+    pub fn parse(bytes: &[u8; HEADER_LEN]) -> Result<Self, ProtocolError> {
+        let body_len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        check_body_len(u64::from(body_len))?;
+        Ok(Envelope {
+            version: u16::from_be_bytes([bytes[4], bytes[5]]),
+            body_len,
+        })
+    }
+
+    /// Checks that `bytes` is exactly one frame of any version (a header whose length
+    /// is under the maximum, then exactly that many body bytes). A frame of this build's
+    /// version gets [`Frame::parse_exact`]'s full header check.
+    pub fn check_exact(bytes: &[u8]) -> Result<Self, ProtocolError> {
+        let head = bytes
+            .first_chunk::<HEADER_LEN>()
+            .ok_or(ProtocolError::Truncated {
+                what: "frame header",
+                needed: HEADER_LEN,
+                found: bytes.len(),
+            })?;
+        let envelope = Envelope::parse(head)?;
+        if envelope.version == PROTOCOL_VERSION {
+            Frame::parse_exact(bytes)?;
+            return Ok(envelope);
+        }
+        let body = bytes.len() - HEADER_LEN;
+        match body.cmp(&(envelope.body_len as usize)) {
+            core::cmp::Ordering::Less => Err(ProtocolError::Truncated {
+                what: "frame body",
+                needed: envelope.body_len as usize,
+                found: body,
+            }),
+            core::cmp::Ordering::Greater => Err(ProtocolError::TrailingBytes {
+                what: "frame",
+                extra: body - envelope.body_len as usize,
+            }),
+            core::cmp::Ordering::Equal => Ok(envelope),
+        }
+    }
+
+    /// Total frame length, header included.
+    pub fn frame_len(&self) -> usize {
+        HEADER_LEN + self.body_len as usize
+    }
+}
+
+/// A frame of a protocol version other than this build's, read as far as every
+/// version agrees: which version the peer speaks and, when the frame is a plain error
+/// report (kind 0x01, [`PlainMessage::Error`], whose discriminant and layout never
+/// change), what it says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForeignFrame {
+    /// The version in the frame's header.
+    pub version: u16,
+    /// The peer's error report, if the frame is one.
+    pub error: Option<ErrorMessage>,
+}
+
+impl ForeignFrame {
+    /// `None` when `bytes` is not exactly one frame, or is a frame of this build's
+    /// version (decode that with [`Frame::decode`]).
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        let envelope = Envelope::check_exact(bytes).ok()?;
+        if envelope.version == PROTOCOL_VERSION {
+            return None;
+        }
+        let error = match (bytes[6], bytes[7]) {
+            (0x01, 0) => match PlainMessage::from_wire(&bytes[HEADER_LEN..]) {
+                Ok(PlainMessage::Error(error)) => Some(error),
+                _ => None,
+            },
+            _ => None,
+        };
+        Some(ForeignFrame {
+            version: envelope.version,
+            error,
+        })
+    }
+
+    /// A plain error frame in `peer_version`, the version the peer spoke: the header
+    /// of this version with only the version field changed, and a
+    /// [`PlainMessage::Error`] body. The answer to a frame this build cannot read.
+    pub fn refusal(peer_version: u16, error: ErrorMessage) -> Result<Vec<u8>, ProtocolError> {
+        let mut bytes = PlainMessage::Error(error).to_frame_bytes()?;
+        bytes[4..6].copy_from_slice(&peer_version.to_be_bytes());
+        Ok(bytes)
     }
 }
 

@@ -13,14 +13,17 @@
 //! 2. enclave → client, plain frame: [`PlainMessage::EvidenceResponse`] with the
 //!    [`Evidence`], whose report carries [`report_data`] for that nonce;
 //! 3. client verifies it (crate `chrysalis-measurements`), then
-//!    [`SealedChannel::client`] gives the channel and a [`SessionOpen`] to send;
-//! 4. enclave: [`SealedChannel::server`], answers [`SessionAccept`];
+//!    [`ClientHandshake::start`] gives a pending handshake and a [`SessionOpen`] to
+//!    send (fresh X25519 and ML-KEM-768 keys);
+//! 4. enclave: [`SealedChannel::server`] answers a [`SessionAccept`] with its fresh
+//!    X25519 share and ML-KEM ciphertext, signed over the transcript; the client
+//!    checks the signature and derives the keys with [`ClientHandshake::finish`];
 //! 5. sealed frames both ways: [`SealedMessage::Request`], then
 //!    [`SealedMessage::Chunk`]s and a [`SealedMessage::End`] holding a
 //!    [`Signed`]`<`[`Receipt`]`>`.
 //!
 //! Frames are read from a stream with [`FrameDecoder`]; every frame carries
-//! [`PROTOCOL_VERSION`]. The golden transcript in `tests/golden/` pins the bytes.
+//! [`PROTOCOL_VERSION`]. The golden transcripts in `tests/golden/` pin the bytes.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -44,17 +47,20 @@ pub use evidence::{
     MAX_MANIFEST_ID_LEN, MAX_REPORT_LEN, REPORT_DATA_LABEL,
 };
 pub use frame::{
-    Frame, FrameDecoder, FrameHeader, FrameKind, HEADER_LEN, MAX_BODY_LEN, MAX_FRAME_LEN,
+    Envelope, ForeignFrame, Frame, FrameDecoder, FrameHeader, FrameKind, HEADER_LEN, MAX_BODY_LEN,
+    MAX_FRAME_LEN,
 };
 pub use keys::{EnclaveKeys, ED25519_SEED_INFO, X25519_SEED_INFO};
 pub use messages::{
     CertBundle, ChargeBoc, ChatMessage, ErrorCode, ErrorMessage, EvidenceRequest, FinishReason,
     InferenceRequest, PlainMessage, Prompt, ResponseEnd, Role, SamplingParams, SealedMessage,
     SessionAccept, SessionOpen, StreamChunk, Usage, MAX_CHAT_MESSAGES, MAX_CHUNK_TOKENS,
-    MAX_ERROR_MESSAGE_LEN, REQUEST_HASH_LABEL,
+    MAX_ERROR_MESSAGE_LEN, MLKEM_CIPHERTEXT_LEN, MLKEM_ENCAPSULATION_KEY_LEN, REQUEST_HASH_LABEL,
 };
 pub use sealed::{
-    session_keys, ChannelRole, SealedChannel, C2S_INFO, MAX_PLAINTEXT_LEN, S2C_INFO, TAG_LEN,
+    accept_signing_bytes, session_keys, transcript_hash, ChannelRole, ClientHandshake,
+    SealedChannel, ACCEPT_SIGNATURE_DOMAIN, C2S_INFO, MAX_PLAINTEXT_LEN, S2C_INFO, TAG_LEN,
+    TRANSCRIPT_LABEL,
 };
 pub use signing::{Receipt, Signable, Signed};
 pub use version::{check_version, PROTOCOL_VERSION};

@@ -1,13 +1,16 @@
 //! Wire messages: what travels in plain frames (seen by the shim) and what travels only
 //! inside sealed frames.
 //!
-//! Types may grow within version 1 only by adding enum variants at the end; anything
-//! else changes bytes on the wire and bumps [`crate::PROTOCOL_VERSION`].
+//! Types may grow within a version only by adding enum variants at the end; anything
+//! else changes bytes on the wire and bumps [`crate::PROTOCOL_VERSION`]. Version 2
+//! changed [`SessionOpen`] and [`SessionAccept`] (the forward-secret, hybrid
+//! handshake); [`PlainMessage::Error`] keeps its discriminant (5) and layout in every
+//! version, so a peer can always read why it was refused.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::codec::{check_len, WireMessage};
+use crate::codec::{check_len, fixed_bytes, WireMessage};
 use crate::evidence::Evidence;
 use crate::frame::{Frame, FrameKind};
 use crate::signing::{Receipt, Signed};
@@ -30,20 +33,45 @@ pub struct EvidenceRequest {
     pub nonce: [u8; 32],
 }
 
-/// Client to enclave, plain: start a sealed session.
+/// Length of an ML-KEM-768 encapsulation key (FIPS 203: 384·k + 32 bytes, k = 3).
+pub const MLKEM_ENCAPSULATION_KEY_LEN: usize = 1184;
+/// Length of an ML-KEM-768 ciphertext (FIPS 203: 32·(du·k + dv) bytes).
+pub const MLKEM_CIPHERTEXT_LEN: usize = 1088;
+
+/// Client to enclave, plain: start a sealed session (protocol v2).
+///
+/// Every field is a fixed-size byte array, written as its bytes with no length prefix:
+/// the encoding is exactly 32 + 1184 + 32 = 1248 bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionOpen {
-    /// The client's fresh X25519 public key.
+    /// The client's fresh X25519 public key for this session.
     pub client_ephemeral_pub: [u8; 32],
+    /// The client's fresh ML-KEM-768 encapsulation key for this session.
+    #[serde(with = "fixed_bytes")]
+    pub client_mlkem_pub: [u8; MLKEM_ENCAPSULATION_KEY_LEN],
     /// [`Evidence::hash`] of the evidence the client verified.
     pub evidence_hash: [u8; 32],
 }
 
 /// Enclave to client, plain: the session is open; sealed frames may follow.
+///
+/// The enclave's fresh contributions to the key schedule, signed with its
+/// evidence-bound Ed25519 key over the transcript hash
+/// ([`crate::transcript_hash`], [`crate::accept_signing_bytes`]). The encoding is
+/// exactly 16 + 32 + 1088 + 64 = 1200 bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionAccept {
     /// An identifier the enclave chose for logs and metrics; not secret, not a key.
     pub session_id: [u8; 16],
+    /// The enclave's fresh X25519 public key for this session.
+    pub enclave_ephemeral_pub: [u8; 32],
+    /// An ML-KEM-768 ciphertext encapsulated to [`SessionOpen::client_mlkem_pub`].
+    #[serde(with = "fixed_bytes")]
+    pub mlkem_ciphertext: [u8; MLKEM_CIPHERTEXT_LEN],
+    /// Ed25519 signature (R ‖ s) of [`crate::accept_signing_bytes`] under
+    /// [`Evidence::ed25519_pub`].
+    #[serde(with = "fixed_bytes")]
+    pub signature: [u8; 64],
 }
 
 /// Why a request or session failed; travels plain or sealed.
@@ -275,6 +303,14 @@ pub enum SealedMessage {
     Error(ErrorMessage),
     /// Enclave bills a response on the bound channel, before its [`ResponseEnd`].
     Bill(Signed<crate::billing::Bill>),
+}
+
+impl WireMessage for SessionOpen {
+    const NAME: &'static str = "session open";
+}
+
+impl WireMessage for SessionAccept {
+    const NAME: &'static str = "session accept";
 }
 
 impl WireMessage for ErrorMessage {

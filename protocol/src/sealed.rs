@@ -1,38 +1,68 @@
-//! The sealed channel: DESIGN.md's key schedule and AES-256-GCM frames.
+//! The sealed channel, protocol v2: a forward-secret, hybrid post-quantum handshake
+//! signed by the enclave, then AES-256-GCM frames. `docs/protocol.md` is the
+//! specification; in short:
 //!
-//! - ikm = X25519(client_ephemeral, enclave_static)
-//! - salt = SHA-256(evidence_hash ‖ client_ephemeral_pub)
-//! - client-to-server key = HKDF-SHA256(salt, ikm, info "chrysalis/v1/c2s"), 32 bytes;
-//!   server-to-client key likewise with info "chrysalis/v1/s2c"
-//! - each sealed frame: header counter = the sender's per-direction counter, starting
-//!   at 0; GCM nonce = 4 zero bytes ‖ counter (u64 big-endian); AAD = the 16-byte frame
-//!   header; body = ciphertext ‖ 16-byte tag.
+//! 1. client: fresh X25519 key `ce` and ML-KEM-768 key pair `(dk, ek)`; sends
+//!    [`SessionOpen`] `{ce_pub, ek, evidence_hash}` ([`ClientHandshake::start`]).
+//! 2. enclave ([`SealedChannel::server`]): fresh X25519 key `ee`; `(ct, ss) =
+//!    ML-KEM.Encaps(ek)`; answers [`SessionAccept`] `{session_id, ee_pub, ct, sig}`,
+//!    where `sig` = Ed25519 under the evidence's key over [`accept_signing_bytes`]`(th)`
+//!    and `th` = [`transcript_hash`] (SHA-256 over a label, the evidence hash, the
+//!    session-open and the accept without its signature).
+//! 3. client ([`ClientHandshake::finish`]): verifies `sig` first, then derives.
+//! 4. both ([`session_keys`]): ikm = X25519(ce, enclave_static) ‖ X25519(ce, ee) ‖ ss,
+//!    salt = th; client-to-server key = HKDF-SHA256(salt, ikm, info
+//!    "chrysalis/v2/c2s"), 32 bytes; server-to-client key likewise with info
+//!    "chrysalis/v2/s2c". The ephemeral secrets are wiped once the keys exist.
+//! 5. each sealed frame: header counter = the sender's per-direction counter, starting
+//!    at 0; GCM nonce = 4 zero bytes ‖ counter (u64 big-endian); AAD = the 16-byte frame
+//!    header; body = ciphertext ‖ 16-byte tag.
+//!
+//! The enclave's fresh share and encapsulation make every session's keys new even when
+//! a recorded session-open is replayed, and the keys depend on two secrets that die with
+//! the session, so a later theft of the enclave's static key opens no recorded session.
+//! The ML-KEM secret keeps them safe against a future quantum attacker who recorded
+//! the handshake, as long as ML-KEM-768 holds; X25519 keeps them safe if it does not.
 //!
 //! A receiver accepts only the exact next counter, so replays, drops and reorders are
 //! refused; any failure to open closes the channel for good.
 
 use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
+use ed25519_dalek::{Signature, Signer, VerifyingKey};
 use hkdf::Hkdf;
+use ml_kem::kem::{Decapsulate, DecapsulationKey, Encapsulate, EncapsulationKey};
+use ml_kem::{EncodedSizeUser, KemCore, MlKem768, MlKem768Params};
 use rand_core::CryptoRngCore;
 use sha2::{Digest, Sha256};
-use x25519_dalek::{EphemeralSecret, PublicKey, SharedSecret};
-use zeroize::Zeroizing;
+use x25519_dalek::{EphemeralSecret, PublicKey, SharedSecret, StaticSecret};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::codec::WireMessage;
+use crate::evidence::Evidence;
 use crate::frame::{Frame, FrameHeader, FrameKind, HEADER_LEN, MAX_BODY_LEN};
 use crate::keys::EnclaveKeys;
-use crate::messages::{SealedMessage, SessionOpen};
+use crate::messages::{
+    SealedMessage, SessionAccept, SessionOpen, MLKEM_CIPHERTEXT_LEN, MLKEM_ENCAPSULATION_KEY_LEN,
+};
 use crate::ProtocolError;
 
 /// HKDF info of the client-to-server key.
-pub const C2S_INFO: &[u8] = b"chrysalis/v1/c2s";
+pub const C2S_INFO: &[u8] = b"chrysalis/v2/c2s";
 /// HKDF info of the server-to-client key.
-pub const S2C_INFO: &[u8] = b"chrysalis/v1/s2c";
+pub const S2C_INFO: &[u8] = b"chrysalis/v2/s2c";
+/// Domain label that starts the transcript hash ([`transcript_hash`]).
+pub const TRANSCRIPT_LABEL: &[u8] = b"chrysalis/v2/transcript";
+/// Domain label of the enclave's signature over the transcript
+/// ([`accept_signing_bytes`]).
+pub const ACCEPT_SIGNATURE_DOMAIN: &[u8] = b"chrysalis/v2/session-accept";
 /// Length of the AES-GCM tag that ends every sealed body.
 pub const TAG_LEN: usize = 16;
 /// Largest plaintext one sealed frame can carry.
 pub const MAX_PLAINTEXT_LEN: usize = MAX_BODY_LEN - TAG_LEN;
+
+type MlKemDecapsulationKey = DecapsulationKey<MlKem768Params>;
+type MlKemEncapsulationKey = EncapsulationKey<MlKem768Params>;
 
 /// Which end of the channel this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,66 +95,251 @@ impl core::fmt::Debug for SealedChannel {
     }
 }
 
-impl SealedChannel {
-    /// Client side: makes a fresh ephemeral key, derives the session keys against the
-    /// enclave's verified X25519 key and evidence hash, and returns the channel with the
+/// The client between sending its [`SessionOpen`] and reading the [`SessionAccept`]:
+/// it holds the session's ephemeral X25519 and ML-KEM secrets (wiped on drop), and
+/// can only be finished once.
+pub struct ClientHandshake {
+    x25519: StaticSecret,
+    mlkem: MlKemDecapsulationKey,
+    open: SessionOpen,
+    enclave_x25519_pub: [u8; 32],
+    enclave_ed25519_pub: [u8; 32],
+    evidence_hash: [u8; 32],
+}
+
+impl core::fmt::Debug for ClientHandshake {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ClientHandshake")
+            .field(
+                "client_ephemeral_pub",
+                &hex::encode(self.open.client_ephemeral_pub),
+            )
+            .field("evidence_hash", &hex::encode(self.evidence_hash))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientHandshake {
+    /// Starts a session with the enclave whose `evidence` the caller has verified:
+    /// draws a fresh X25519 secret (32 bytes from `rng`) and a fresh ML-KEM-768 key pair
+    /// (FIPS 203 `d` then `z`, 32 bytes each), and returns the handshake with the
     /// [`SessionOpen`] to send.
-    pub fn client(
+    pub fn start(
         rng: &mut impl CryptoRngCore,
-        enclave_x25519_pub: &[u8; 32],
-        evidence_hash: &[u8; 32],
-    ) -> Result<(SealedChannel, SessionOpen), ProtocolError> {
-        let ephemeral = EphemeralSecret::random_from_rng(rng);
-        let client_ephemeral_pub = PublicKey::from(&ephemeral).to_bytes();
-        let shared = ephemeral.diffie_hellman(&PublicKey::from(*enclave_x25519_pub));
+        evidence: &Evidence,
+    ) -> (ClientHandshake, SessionOpen) {
+        let x25519 = StaticSecret::random_from_rng(&mut *rng);
+        let (mlkem, ek) = MlKem768::generate(rng);
+        let mut client_mlkem_pub = [0u8; MLKEM_ENCAPSULATION_KEY_LEN];
+        client_mlkem_pub.copy_from_slice(&ek.as_bytes());
+        let evidence_hash = evidence.hash();
         let open = SessionOpen {
-            client_ephemeral_pub,
-            evidence_hash: *evidence_hash,
+            client_ephemeral_pub: PublicKey::from(&x25519).to_bytes(),
+            client_mlkem_pub,
+            evidence_hash,
         };
-        let channel = Self::from_shared(ChannelRole::Client, &shared, &open)?;
-        Ok((channel, open))
+        let handshake = ClientHandshake {
+            x25519,
+            mlkem,
+            open: open.clone(),
+            enclave_x25519_pub: evidence.x25519_pub,
+            enclave_ed25519_pub: evidence.ed25519_pub,
+            evidence_hash,
+        };
+        (handshake, open)
     }
 
-    /// Server side: accepts a [`SessionOpen`] that names `issued_evidence_hash`, the
-    /// hash of evidence this enclave handed out (and should accept once: a replayed
-    /// session-open under the same evidence would derive the same keys).
+    /// The session-open this handshake sent.
+    pub fn session_open(&self) -> &SessionOpen {
+        &self.open
+    }
+
+    /// Checks the enclave's [`SessionAccept`] and derives the session keys. The
+    /// signature over the transcript is verified under the evidence's Ed25519 key
+    /// before anything is derived; a bad one fails with
+    /// [`ProtocolError::BadSignature`] (`what` = "session accept"). The ephemeral
+    /// secrets are wiped when this returns, whatever the outcome.
+    pub fn finish(self, accept: &SessionAccept) -> Result<SealedChannel, ProtocolError> {
+        let th = transcript_hash(&self.evidence_hash, &self.open, accept);
+        verify_accept(&self.enclave_ed25519_pub, &th, &accept.signature)?;
+        let static_dh = self
+            .x25519
+            .diffie_hellman(&PublicKey::from(self.enclave_x25519_pub));
+        let ephemeral_dh = self
+            .x25519
+            .diffie_hellman(&PublicKey::from(accept.enclave_ephemeral_pub));
+        contributory(&static_dh)?;
+        contributory(&ephemeral_dh)?;
+        let ciphertext = ml_kem::Ciphertext::<MlKem768>::from(accept.mlkem_ciphertext);
+        let kem_secret = decapsulate(&self.mlkem, &ciphertext);
+        let keys = session_keys(
+            static_dh.as_bytes(),
+            ephemeral_dh.as_bytes(),
+            &kem_secret,
+            &th,
+        );
+        Ok(SealedChannel::from_keys(ChannelRole::Client, &keys))
+    }
+}
+
+/// ML-KEM decapsulation into a wiping buffer; the library's own copy is wiped too.
+fn decapsulate(
+    dk: &MlKemDecapsulationKey,
+    ciphertext: &ml_kem::Ciphertext<MlKem768>,
+) -> Zeroizing<[u8; 32]> {
+    // Invariant: ml-kem 0.2's decapsulation cannot fail (its error type is `()` and it
+    // answers a bad ciphertext with FIPS 203's implicit-rejection secret).
+    let mut shared = dk
+        .decapsulate(ciphertext)
+        .expect("ML-KEM decapsulation is infallible");
+    let mut out = Zeroizing::new([0u8; 32]);
+    out.copy_from_slice(&shared);
+    shared.as_mut_slice().zeroize();
+    out
+}
+
+fn contributory(shared: &SharedSecret) -> Result<(), ProtocolError> {
+    if shared.was_contributory() {
+        Ok(())
+    } else {
+        Err(ProtocolError::WeakPublicKey)
+    }
+}
+
+/// Parses an ML-KEM-768 encapsulation key and applies FIPS 203's input check (7.2:
+/// every 12-bit coefficient below q = 3329, which holds exactly when decoding and
+/// re-encoding gives the same bytes).
+fn parse_encapsulation_key(
+    bytes: &[u8; MLKEM_ENCAPSULATION_KEY_LEN],
+) -> Result<MlKemEncapsulationKey, ProtocolError> {
+    let encoded = ml_kem::Encoded::<MlKemEncapsulationKey>::from(*bytes);
+    let key = MlKemEncapsulationKey::from_bytes(&encoded);
+    if key.as_bytes().as_slice() == bytes.as_slice() {
+        Ok(key)
+    } else {
+        Err(ProtocolError::InvalidKemKey)
+    }
+}
+
+fn verify_accept(
+    enclave_ed25519_pub: &[u8; 32],
+    th: &[u8; 32],
+    signature: &[u8; 64],
+) -> Result<(), ProtocolError> {
+    let key = VerifyingKey::from_bytes(enclave_ed25519_pub).map_err(|_| {
+        ProtocolError::InvalidVerifyingKey {
+            key: hex::encode(enclave_ed25519_pub),
+        }
+    })?;
+    key.verify_strict(&accept_signing_bytes(th), &Signature::from_bytes(signature))
+        .map_err(|_| ProtocolError::BadSignature {
+            what: "session accept",
+            key: hex::encode(enclave_ed25519_pub),
+        })
+}
+
+/// The transcript hash both sides bind the session to:
+/// SHA-256([`TRANSCRIPT_LABEL`] ‖ evidence_hash ‖ postcard(open) ‖ accept.session_id ‖
+/// accept.enclave_ephemeral_pub ‖ accept.mlkem_ciphertext). Every part has a fixed
+/// length, so the concatenation is unambiguous; `accept.signature` is not included.
+pub fn transcript_hash(
+    evidence_hash: &[u8; 32],
+    open: &SessionOpen,
+    accept: &SessionAccept,
+) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(TRANSCRIPT_LABEL)
+        .chain_update(evidence_hash)
+        .chain_update(open.to_wire())
+        .chain_update(accept.session_id)
+        .chain_update(accept.enclave_ephemeral_pub)
+        .chain_update(accept.mlkem_ciphertext)
+        .finalize()
+        .into()
+}
+
+/// The exact bytes the enclave signs in a [`SessionAccept`]:
+/// [`ACCEPT_SIGNATURE_DOMAIN`] ‖ 0x00 ‖ transcript hash.
+pub fn accept_signing_bytes(transcript_hash: &[u8; 32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ACCEPT_SIGNATURE_DOMAIN.len() + 1 + 32);
+    out.extend_from_slice(ACCEPT_SIGNATURE_DOMAIN);
+    out.push(0);
+    out.extend_from_slice(transcript_hash);
+    out
+}
+
+impl SealedChannel {
+    /// Server side: answers a [`SessionOpen`] that names `issued_evidence_hash` (the
+    /// hash of evidence this enclave handed out) with a fresh ephemeral X25519 share
+    /// and an ML-KEM-768 encapsulation to the client's key (64 bytes from `rng`: the
+    /// X25519 secret, then FIPS 203's `m`), signed over the transcript. Returns the
+    /// channel and the [`SessionAccept`] to send. The ephemeral secrets are wiped before
+    /// this returns.
     pub fn server(
+        rng: &mut impl CryptoRngCore,
         keys: &EnclaveKeys,
         open: &SessionOpen,
         issued_evidence_hash: &[u8; 32],
-    ) -> Result<SealedChannel, ProtocolError> {
+        session_id: [u8; 16],
+    ) -> Result<(SealedChannel, SessionAccept), ProtocolError> {
         if open.evidence_hash != *issued_evidence_hash {
             return Err(ProtocolError::EvidenceMismatch {
                 found: hex::encode(open.evidence_hash),
                 expected: hex::encode(issued_evidence_hash),
             });
         }
+        let client_mlkem = parse_encapsulation_key(&open.client_mlkem_pub)?;
         let client_pub = PublicKey::from(open.client_ephemeral_pub);
-        let shared = keys.x25519_secret().diffie_hellman(&client_pub);
-        Self::from_shared(ChannelRole::Server, &shared, open)
+        let static_dh = keys.x25519_secret().diffie_hellman(&client_pub);
+        contributory(&static_dh)?;
+        let ephemeral = EphemeralSecret::random_from_rng(&mut *rng);
+        let enclave_ephemeral_pub = PublicKey::from(&ephemeral).to_bytes();
+        let ephemeral_dh = ephemeral.diffie_hellman(&client_pub);
+        contributory(&ephemeral_dh)?;
+        // Invariant: ml-kem 0.2's encapsulation cannot fail (its error type is `()`).
+        let (ciphertext, mut shared) = client_mlkem
+            .encapsulate(rng)
+            .expect("ML-KEM encapsulation is infallible");
+        let mut kem_secret = Zeroizing::new([0u8; 32]);
+        kem_secret.copy_from_slice(&shared);
+        shared.as_mut_slice().zeroize();
+        let mut mlkem_ciphertext = [0u8; MLKEM_CIPHERTEXT_LEN];
+        mlkem_ciphertext.copy_from_slice(&ciphertext);
+        let mut accept = SessionAccept {
+            session_id,
+            enclave_ephemeral_pub,
+            mlkem_ciphertext,
+            signature: [0; 64],
+        };
+        let th = transcript_hash(issued_evidence_hash, open, &accept);
+        accept.signature = keys
+            .signing_key()
+            .sign(&accept_signing_bytes(&th))
+            .to_bytes();
+        let keys = session_keys(
+            static_dh.as_bytes(),
+            ephemeral_dh.as_bytes(),
+            &kem_secret,
+            &th,
+        );
+        Ok((SealedChannel::from_keys(ChannelRole::Server, &keys), accept))
     }
 
-    fn from_shared(
-        role: ChannelRole,
-        shared: &SharedSecret,
-        open: &SessionOpen,
-    ) -> Result<SealedChannel, ProtocolError> {
-        if !shared.was_contributory() {
-            return Err(ProtocolError::WeakPublicKey);
-        }
-        let (c2s, s2c) = derive_keys(shared.as_bytes(), open);
+    fn from_keys(role: ChannelRole, keys: &[[u8; 32]; 2]) -> SealedChannel {
+        let [c2s, s2c] = keys;
+        let (c2s, s2c) = (Aes256Gcm::new(c2s.into()), Aes256Gcm::new(s2c.into()));
         let (sealer, opener) = match role {
             ChannelRole::Client => (c2s, s2c),
             ChannelRole::Server => (s2c, c2s),
         };
-        Ok(SealedChannel {
+        SealedChannel {
             role,
             sealer,
             opener,
             send_counter: 0,
             recv_counter: 0,
             poisoned: false,
-        })
+        }
     }
 
     /// Which end this is.
@@ -243,21 +458,21 @@ fn nonce(counter: u64) -> Nonce<aes_gcm::aead::consts::U12> {
     Nonce::from(bytes)
 }
 
-/// DESIGN.md's schedule: returns the (c2s, s2c) ciphers.
-fn derive_keys(ikm: &[u8; 32], open: &SessionOpen) -> (Aes256Gcm, Aes256Gcm) {
-    let [c2s, s2c] = &*session_keys(ikm, open);
-    (Aes256Gcm::new(c2s.into()), Aes256Gcm::new(s2c.into()))
-}
-
-/// The raw session keys `(c2s, s2c)` for a shared secret and a session-open, exposed
-/// so independent implementations (and tests) can check the schedule byte for byte.
-pub fn session_keys(shared_secret: &[u8; 32], open: &SessionOpen) -> Zeroizing<[[u8; 32]; 2]> {
-    let salt: [u8; 32] = Sha256::new()
-        .chain_update(open.evidence_hash)
-        .chain_update(open.client_ephemeral_pub)
-        .finalize()
-        .into();
-    let hkdf = Hkdf::<Sha256>::new(Some(&salt), shared_secret);
+/// The session keys `(c2s, s2c)`: HKDF-SHA256 with salt = `transcript_hash` and
+/// ikm = `static_dh ‖ ephemeral_dh ‖ kem_secret` (96 bytes), expanded to 32 bytes
+/// under [`C2S_INFO`] and under [`S2C_INFO`]. Exposed so independent implementations
+/// (and tests) can check the schedule byte for byte.
+pub fn session_keys(
+    static_dh: &[u8; 32],
+    ephemeral_dh: &[u8; 32],
+    kem_secret: &[u8; 32],
+    transcript_hash: &[u8; 32],
+) -> Zeroizing<[[u8; 32]; 2]> {
+    let mut ikm = Zeroizing::new([0u8; 96]);
+    ikm[..32].copy_from_slice(static_dh);
+    ikm[32..64].copy_from_slice(ephemeral_dh);
+    ikm[64..].copy_from_slice(kem_secret);
+    let hkdf = Hkdf::<Sha256>::new(Some(transcript_hash), ikm.as_slice());
     let mut keys = Zeroizing::new([[0u8; 32]; 2]);
     for (slot, info) in keys.iter_mut().zip([C2S_INFO, S2C_INFO]) {
         // Invariant: 32 bytes is far below HKDF-SHA256's 8160-byte output limit.
@@ -286,6 +501,8 @@ mod tests {
         has_zeroize::<x25519_dalek::StaticSecret>();
         has_zeroize::<x25519_dalek::SharedSecret>();
         wipes_on_drop::<ed25519_dalek::SigningKey>();
+        // ml-kem's `zeroize` feature gives the decapsulation key a wiping `Drop`.
+        wipes_on_drop::<super::MlKemDecapsulationKey>();
         wipes_on_drop::<zeroize::Zeroizing<[u8; 32]>>();
     }
 }

@@ -62,7 +62,7 @@ fn header_fields_are_where_the_docs_say() {
     let header = FrameHeader::new(FrameKind::Sealed, 0x0102, 0x0a0b_0c0d_0e0f_1011).unwrap();
     assert_eq!(
         header.to_bytes(),
-        [0, 0, 1, 2, 0, 1, 2, 0, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f, 0x10, 0x11]
+        [0, 0, 1, 2, 0, 2, 2, 0, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f, 0x10, 0x11]
     );
     assert_eq!(FrameHeader::parse(&header.to_bytes()).unwrap(), header);
 }
@@ -157,7 +157,7 @@ proptest! {
         payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..2048), 1..6),
         cuts in prop::collection::vec(any::<usize>(), 0..12),
     ) {
-        let (mut client, mut server, _) = channel_pair();
+        let (mut client, mut server, ..) = channel_pair();
         let wire: Vec<u8> = payloads.iter().flat_map(|p| client.seal(p).unwrap()).collect();
         let frames = decode_in_pieces(&wire, &cuts).unwrap();
         prop_assert_eq!(frames.len(), payloads.len());

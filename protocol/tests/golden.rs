@@ -1,6 +1,7 @@
-//! Golden transcript: fixed keys, nonces and RNG give exact bytes, checked in under
-//! `tests/golden/transcript_v1.hex`, so any change of the wire format or the key
-//! schedule fails here.
+//! Golden transcript of protocol v2: fixed keys, nonces and RNGs give exact bytes,
+//! checked in under `tests/golden/transcript_v2.hex`, so any change of the wire format
+//! or the key schedule fails here. The values are the test vectors of
+//! `docs/protocol.md`.
 //!
 //! To regenerate after a deliberate change (which must also bump `PROTOCOL_VERSION`):
 //!
@@ -8,28 +9,31 @@
 //! CHRYSALIS_BLESS=1 cargo test -p chrysalis-protocol --test golden
 //! ```
 //!
-//! `tests/golden/check_transcript.py` recomputes the transcript's cryptography with
-//! Python's `cryptography` package, independently of this crate (see the ignored test
-//! below).
+//! `tests/golden/check_transcript_v2.py` recomputes the transcript's cryptography with
+//! Python's `cryptography` package (50 or later, for ML-KEM), independently of this
+//! crate (see the ignored test below). `tests/golden/transcript_v1.hex` is what a v1
+//! peer sent; `tests/version_refusal.rs` uses its frames.
 
 mod common;
 
 use std::path::PathBuf;
 
 use chrysalis_protocol::{
-    session_keys, ChatMessage, ErrorCode, ErrorMessage, EvidenceRequest, FinishReason, Frame,
-    FrameDecoder, InferenceRequest, PlainMessage, Prompt, Receipt, ResponseEnd, Role,
-    SamplingParams, SealedChannel, SealedMessage, SessionAccept, Signable, Signed, StreamChunk,
-    Usage, WireMessage,
+    accept_signing_bytes, session_keys, transcript_hash, ChatMessage, ErrorCode, ErrorMessage,
+    EvidenceRequest, FinishReason, Frame, FrameDecoder, InferenceRequest, PlainMessage, Prompt,
+    Receipt, ResponseEnd, Role, SamplingParams, SealedChannel, SealedMessage, Signable, Signed,
+    StreamChunk, Usage, WireMessage,
 };
-use common::{enclave_keys, evidence, FixedRng};
+use common::{
+    client_start, enclave_keys, evidence, server_accept, FixedRng, CLIENT_SEED, SERVER_SEED,
+};
+use ml_kem::kem::Decapsulate;
+use ml_kem::{KemCore, MlKem768};
 use rand_core::RngCore;
 use x25519_dalek::{PublicKey, StaticSecret};
 
-const CLIENT_RNG_SEED: u8 = 7;
-
 fn golden_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/transcript_v1.hex")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/transcript_v2.hex")
 }
 
 fn request() -> InferenceRequest {
@@ -103,32 +107,62 @@ fn transcript() -> Vec<(&'static str, Vec<u8>)> {
     ));
     lines.push(("evidence_hash", evidence.hash().to_vec()));
 
-    let mut ephemeral = [0u8; 32];
-    FixedRng::new(CLIENT_RNG_SEED).fill_bytes(&mut ephemeral);
-    lines.push(("client_ephemeral_secret", ephemeral.to_vec()));
-    let (mut client, open) = SealedChannel::client(
-        &mut FixedRng::new(CLIENT_RNG_SEED),
-        &keys.x25519_public(),
-        &evidence.hash(),
-    )
-    .unwrap();
-    let shared =
-        StaticSecret::from(ephemeral).diffie_hellman(&PublicKey::from(keys.x25519_public()));
-    let [c2s, s2c] = *session_keys(shared.as_bytes(), &open);
-    lines.push(("key_c2s", c2s.to_vec()));
-    lines.push(("key_s2c", s2c.to_vec()));
+    // The client's RNG stream: X25519 secret, then ML-KEM-768's d and z.
+    let mut client_secrets = [0u8; 96];
+    FixedRng::new(CLIENT_SEED).fill_bytes(&mut client_secrets);
+    lines.push(("client_rng_bytes", client_secrets.to_vec()));
+    let (handshake, open) = client_start(CLIENT_SEED);
+    lines.push(("client_ephemeral_pub", open.client_ephemeral_pub.to_vec()));
+    lines.push(("client_mlkem_pub", open.client_mlkem_pub.to_vec()));
     lines.push((
         "frame_session_open",
         plain(PlainMessage::SessionOpen(open.clone())),
     ));
+
+    // The enclave's RNG stream: X25519 ephemeral secret, then ML-KEM's m.
+    let mut server_secrets = [0u8; 64];
+    FixedRng::new(SERVER_SEED).fill_bytes(&mut server_secrets);
+    lines.push(("enclave_rng_bytes", server_secrets.to_vec()));
+    let (mut server, accept) = server_accept(&open, SERVER_SEED);
+    lines.push(("session_id", accept.session_id.to_vec()));
+    lines.push((
+        "enclave_ephemeral_pub",
+        accept.enclave_ephemeral_pub.to_vec(),
+    ));
+    lines.push(("mlkem_ciphertext", accept.mlkem_ciphertext.to_vec()));
+
+    // Recompute every input of the key schedule from the raw secrets.
+    let client_x25519 = StaticSecret::from(<[u8; 32]>::try_from(&client_secrets[..32]).unwrap());
+    let static_dh = client_x25519.diffie_hellman(&PublicKey::from(keys.x25519_public()));
+    let ephemeral_dh = client_x25519.diffie_hellman(&PublicKey::from(accept.enclave_ephemeral_pub));
+    let mut mlkem_rng = FixedRng::new(CLIENT_SEED);
+    mlkem_rng.fill_bytes(&mut [0u8; 32]);
+    let (dk, _) = MlKem768::generate(&mut mlkem_rng);
+    let kem_secret: [u8; 32] = dk
+        .decapsulate(&accept.mlkem_ciphertext.into())
+        .unwrap()
+        .into();
+    lines.push(("static_dh", static_dh.as_bytes().to_vec()));
+    lines.push(("ephemeral_dh", ephemeral_dh.as_bytes().to_vec()));
+    lines.push(("mlkem_shared_secret", kem_secret.to_vec()));
+    let th = transcript_hash(&evidence.hash(), &open, &accept);
+    lines.push(("transcript_hash", th.to_vec()));
+    lines.push(("accept_signing_bytes", accept_signing_bytes(&th)));
+    lines.push(("accept_signature", accept.signature.to_vec()));
     lines.push((
         "frame_session_accept",
-        plain(PlainMessage::SessionAccept(SessionAccept {
-            session_id: [0x44; 16],
-        })),
+        plain(PlainMessage::SessionAccept(accept.clone())),
     ));
+    let [c2s, s2c] = *session_keys(
+        static_dh.as_bytes(),
+        ephemeral_dh.as_bytes(),
+        &kem_secret,
+        &th,
+    );
+    lines.push(("key_c2s", c2s.to_vec()));
+    lines.push(("key_s2c", s2c.to_vec()));
+    let mut client = handshake.finish(&accept).unwrap();
 
-    let mut server = SealedChannel::server(&keys, &open, &evidence.hash()).unwrap();
     let request = request();
     lines.push((
         "sealed_request",
@@ -238,7 +272,21 @@ fn checked_in_frames_decode_to_the_expected_messages() {
     let PlainMessage::SessionOpen(open) = PlainMessage::from_frame(&plain[2]).unwrap() else {
         panic!("third frame is not a session-open");
     };
-    let mut server = SealedChannel::server(&keys, &open, &evidence.hash()).unwrap();
+    // The enclave, replaying its RNG, answers with the checked-in accept byte for byte.
+    let (mut server, accept) = SealedChannel::server(
+        &mut FixedRng::new(SERVER_SEED),
+        &keys,
+        &open,
+        &evidence.hash(),
+        common::SESSION_ID,
+    )
+    .unwrap();
+    assert_eq!(
+        PlainMessage::SessionAccept(accept)
+            .to_frame_bytes()
+            .unwrap(),
+        golden("frame_session_accept")
+    );
     let request = &decode_stream(&["sealed_request"])[0];
     assert_eq!(
         server.open_message(request).unwrap(),
@@ -262,9 +310,10 @@ fn checked_in_receipt_verifies_under_the_enclave_key() {
 }
 
 #[test]
-#[ignore = "needs python3 with the `cryptography` package; run: cargo test -p chrysalis-protocol --test golden -- --ignored"]
+#[ignore = "needs python3 with `cryptography` >= 50 (ML-KEM); run: cargo test -p chrysalis-protocol --test golden -- --ignored"]
 fn python_recomputes_the_transcript_independently() {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/check_transcript.py");
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/check_transcript_v2.py");
     let output = std::process::Command::new("python3")
         .arg(&script)
         .arg(golden_path())

@@ -8,7 +8,7 @@ use chrysalis_protocol::{
     Signable, Signed, Usage, WireMessage, ED25519_SEED_INFO, MAX_CERTS, MAX_ERROR_MESSAGE_LEN,
     X25519_SEED_INFO,
 };
-use common::{channel_pair, enclave_keys, evidence, FixedRng};
+use common::{enclave_keys, evidence, FixedRng};
 use hkdf::Hkdf;
 use sha2::Sha256;
 
@@ -48,20 +48,38 @@ fn debug_output_never_contains_secret_keys() {
         assert_hidden(&shown, secret);
     }
 
-    let (client, server, open) = channel_pair();
-    let shared = {
-        let mut eph = [0u8; 32];
-        rand_core::RngCore::fill_bytes(&mut FixedRng::new(7), &mut eph);
-        x25519_dalek::StaticSecret::from(eph)
-            .diffie_hellman(&x25519_dalek::PublicKey::from(keys.x25519_public()))
-    };
-    let session = session_keys(shared.as_bytes(), &open);
+    let (handshake, open) = common::client_start(common::CLIENT_SEED);
+    let mut client_secrets = [0u8; 96];
+    rand_core::RngCore::fill_bytes(&mut FixedRng::new(common::CLIENT_SEED), &mut client_secrets);
+    let shown = format!("{handshake:?} {handshake:#?}");
+    assert!(
+        shown.contains(&hex::encode(open.client_ephemeral_pub)),
+        "{shown}"
+    );
+    // The X25519 secret, and ML-KEM's d and z.
+    for secret in client_secrets.chunks(32) {
+        assert_hidden(&shown, secret);
+    }
+    let (server, accept) = common::server_accept(&open, common::SERVER_SEED);
+    let client = handshake.finish(&accept).unwrap();
+    let static_dh =
+        x25519_dalek::StaticSecret::from(<[u8; 32]>::try_from(&client_secrets[..32]).unwrap())
+            .diffie_hellman(&x25519_dalek::PublicKey::from(keys.x25519_public()));
+    let mut server_secrets = [0u8; 64];
+    rand_core::RngCore::fill_bytes(&mut FixedRng::new(common::SERVER_SEED), &mut server_secrets);
+    let th = chrysalis_protocol::transcript_hash(&open.evidence_hash, &open, &accept);
     let shown = format!("{client:?} {server:#?}");
     assert!(
         shown.contains("Client") && shown.contains("Server"),
         "{shown}"
     );
-    for secret in [&session[0][..], &session[1][..], shared.as_bytes()] {
+    // The enclave's ephemeral secret and ML-KEM's m never show either; nor does a key
+    // derived from the static DH.
+    let session = session_keys(static_dh.as_bytes(), &[0; 32], &[0; 32], &th);
+    for secret in [&session[0][..], &session[1][..], static_dh.as_bytes()]
+        .into_iter()
+        .chain(server_secrets.chunks(32))
+    {
         assert_hidden(&shown, secret);
     }
 }
@@ -251,16 +269,18 @@ fn report_data_binds_every_input() {
 
 #[test]
 fn sessions_need_the_enclave_static_key() {
-    // A session-open sealed to the real enclave cannot be accepted by an impostor key.
-    let keys = enclave_keys();
-    let hash = evidence(&keys).hash();
-    let (mut client, open) =
-        SealedChannel::client(&mut FixedRng::new(3), &keys.x25519_public(), &hash).unwrap();
+    // An impostor holding another static key cannot sign as the evidence's Ed25519 key;
+    // even if it could, its static DH differs. Here it signs with its own key: refused.
+    let (handshake, open) = common::client_start(3);
     let impostor = EnclaveKeys::from_seed(&[0x99; 32]);
-    let mut server = SealedChannel::server(&impostor, &open, &hash).unwrap();
-    let frame = client.seal(b"secret").unwrap();
+    let hash = evidence(&enclave_keys()).hash();
+    let (_, accept) =
+        SealedChannel::server(&mut FixedRng::new(9), &impostor, &open, &hash, [0; 16]).unwrap();
     assert!(matches!(
-        server.open_bytes(&frame).unwrap_err(),
-        ProtocolError::AuthenticationFailed
+        handshake.finish(&accept).unwrap_err(),
+        ProtocolError::BadSignature {
+            what: "session accept",
+            ..
+        }
     ));
 }

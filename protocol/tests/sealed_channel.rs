@@ -5,14 +5,14 @@ mod common;
 
 use chrysalis_protocol::{
     ChannelRole, ChatMessage, Frame, FrameKind, InferenceRequest, Prompt, ProtocolError, Role,
-    SamplingParams, SealedChannel, SealedMessage, SessionOpen, HEADER_LEN, MAX_FRAME_LEN,
-    MAX_PLAINTEXT_LEN, PROTOCOL_VERSION,
+    SamplingParams, SealedChannel, SealedMessage, HEADER_LEN, MAX_FRAME_LEN, MAX_PLAINTEXT_LEN,
+    PROTOCOL_VERSION,
 };
-use common::{channel_pair, enclave_keys, evidence, FixedRng};
+use common::{channel_pair, client_start, enclave_keys, evidence, FixedRng};
 
 #[test]
 fn client_and_server_talk_both_ways() {
-    let (mut client, mut server, _) = channel_pair();
+    let (mut client, mut server, ..) = channel_pair();
     assert_eq!(client.role(), ChannelRole::Client);
     for round in 0..3u8 {
         let question = vec![round; 10 + round as usize];
@@ -27,7 +27,7 @@ fn client_and_server_talk_both_ways() {
 #[test]
 fn a_client_cannot_open_its_own_frames() {
     // Each direction has its own key: a reflected frame fails authentication.
-    let (mut client, _, _) = channel_pair();
+    let (mut client, ..) = channel_pair();
     let frame = client.seal(b"hello").unwrap();
     let err = client.open_bytes(&frame).unwrap_err();
     assert!(matches!(err, ProtocolError::AuthenticationFailed), "{err}");
@@ -35,7 +35,7 @@ fn a_client_cannot_open_its_own_frames() {
 
 /// A fresh pair, and the client's first sealed frame carrying `payload`.
 fn first_frame(payload: &[u8]) -> (SealedChannel, Vec<u8>) {
-    let (mut client, server, _) = channel_pair();
+    let (mut client, server, ..) = channel_pair();
     let frame = client.seal(payload).unwrap();
     (server, frame)
 }
@@ -77,7 +77,7 @@ fn body_flips_fail_authentication_and_header_flips_fail_parsing_or_counter() {
     ));
     assert!(matches!(
         flip(5),
-        ProtocolError::UnknownVersion { found: 0, .. }
+        ProtocolError::UnknownVersion { found: 3, .. }
     ));
     assert!(matches!(
         flip(6),
@@ -99,7 +99,7 @@ fn body_flips_fail_authentication_and_header_flips_fail_parsing_or_counter() {
 
 #[test]
 fn a_replayed_frame_is_refused_as_a_replay() {
-    let (mut client, mut server, _) = channel_pair();
+    let (mut client, mut server, ..) = channel_pair();
     let first = client.seal(b"one").unwrap();
     server.open_bytes(&first).unwrap();
     let err = server.open_bytes(&first).unwrap_err();
@@ -117,7 +117,7 @@ fn a_replayed_frame_is_refused_as_a_replay() {
 
 #[test]
 fn a_reordered_frame_is_refused_as_a_reorder() {
-    let (mut client, mut server, _) = channel_pair();
+    let (mut client, mut server, ..) = channel_pair();
     let _first = client.seal(b"one").unwrap();
     let second = client.seal(b"two").unwrap();
     let err = server.open_bytes(&second).unwrap_err();
@@ -191,8 +191,8 @@ fn an_unknown_version_is_refused_as_unknown_version() {
         matches!(
             err,
             ProtocolError::UnknownVersion {
-                found: 2,
-                expected: 1
+                found: 3,
+                expected: 2
             }
         ),
         "{err:?}"
@@ -218,7 +218,7 @@ fn a_plain_frame_is_not_opened_as_sealed() {
 
 #[test]
 fn after_any_failure_the_session_refuses_everything() {
-    let (mut client, mut server, _) = channel_pair();
+    let (mut client, mut server, ..) = channel_pair();
     let good = client.seal(b"one").unwrap();
     let mut bad = good.clone();
     bad[HEADER_LEN] ^= 0x80;
@@ -240,7 +240,7 @@ fn after_any_failure_the_session_refuses_everything() {
 
 #[test]
 fn counters_never_repeat_across_frames() {
-    let (mut client, _, _) = channel_pair();
+    let (mut client, ..) = channel_pair();
     let counters: Vec<u64> = (0..5)
         .map(|_| {
             let bytes = client.seal(b"same plaintext").unwrap();
@@ -257,7 +257,7 @@ fn counters_never_repeat_across_frames() {
 
 #[test]
 fn plaintexts_over_the_frame_limit_are_refused_before_sealing() {
-    let (mut client, _, _) = channel_pair();
+    let (mut client, ..) = channel_pair();
     let too_big = vec![0u8; MAX_PLAINTEXT_LEN + 1];
     let err = client.seal(&too_big).unwrap_err();
     assert!(
@@ -265,7 +265,7 @@ fn plaintexts_over_the_frame_limit_are_refused_before_sealing() {
         "{err:?}"
     );
     // The largest allowed plaintext seals into exactly MAX_FRAME_LEN bytes.
-    let (mut client, mut server, _) = channel_pair();
+    let (mut client, mut server, ..) = channel_pair();
     let biggest = vec![7u8; MAX_PLAINTEXT_LEN];
     let frame = client.seal(&biggest).unwrap();
     assert_eq!(frame.len(), MAX_FRAME_LEN);
@@ -274,11 +274,10 @@ fn plaintexts_over_the_frame_limit_are_refused_before_sealing() {
 
 #[test]
 fn the_server_refuses_a_session_for_other_evidence() {
+    let (_, open) = client_start(1);
     let keys = enclave_keys();
-    let hash = evidence(&keys).hash();
-    let (_, open) =
-        SealedChannel::client(&mut FixedRng::new(1), &keys.x25519_public(), &hash).unwrap();
-    let err = SealedChannel::server(&keys, &open, &[0u8; 32]).unwrap_err();
+    let err = SealedChannel::server(&mut FixedRng::new(9), &keys, &open, &[0u8; 32], [0; 16])
+        .unwrap_err();
     assert!(
         matches!(err, ProtocolError::EvidenceMismatch { .. }),
         "{err:?}"
@@ -287,18 +286,25 @@ fn the_server_refuses_a_session_for_other_evidence() {
 
 #[test]
 fn sessions_under_different_evidence_do_not_interoperate() {
-    // The client believes evidence A; the enclave (wrongly) accepts it as B's hash:
-    // the salts differ, so no frame opens.
+    // The client verified evidence A; the session-open is rewritten to name B and the
+    // enclave (wrongly) accepts it as B: the signed transcripts differ, so the client
+    // refuses the accept before deriving anything.
     let keys = enclave_keys();
-    let (mut client, mut open) =
-        SealedChannel::client(&mut FixedRng::new(2), &keys.x25519_public(), &[0xaa; 32]).unwrap();
+    let (handshake, mut open) = client_start(2);
     open.evidence_hash = [0xbb; 32];
-    let mut server = SealedChannel::server(&keys, &open, &[0xbb; 32]).unwrap();
-    let frame = client.seal(b"hi").unwrap();
-    assert!(matches!(
-        server.open_bytes(&frame).unwrap_err(),
-        ProtocolError::AuthenticationFailed
-    ));
+    let (_, accept) =
+        SealedChannel::server(&mut FixedRng::new(9), &keys, &open, &[0xbb; 32], [0; 16]).unwrap();
+    let err = handshake.finish(&accept).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProtocolError::BadSignature {
+                what: "session accept",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -306,17 +312,30 @@ fn low_order_client_keys_are_refused() {
     let keys = enclave_keys();
     let hash = evidence(&keys).hash();
     // The all-zero point has small order: X25519 with it is all zeros.
-    let open = SessionOpen {
-        client_ephemeral_pub: [0; 32],
-        evidence_hash: hash,
-    };
-    let err = SealedChannel::server(&keys, &open, &hash).unwrap_err();
+    let (_, mut open) = client_start(3);
+    open.client_ephemeral_pub = [0; 32];
+    let err =
+        SealedChannel::server(&mut FixedRng::new(9), &keys, &open, &hash, [0; 16]).unwrap_err();
     assert!(matches!(err, ProtocolError::WeakPublicKey), "{err:?}");
 }
 
 #[test]
+fn non_canonical_mlkem_keys_are_refused() {
+    // 0xff bytes decode to 12-bit coefficients of 4095, above q = 3329: FIPS 203's
+    // encapsulation-key check must refuse them.
+    let keys = enclave_keys();
+    let hash = evidence(&keys).hash();
+    let (_, mut open) = client_start(4);
+    open.client_mlkem_pub[..3].copy_from_slice(&[0xff; 3]);
+    let err =
+        SealedChannel::server(&mut FixedRng::new(9), &keys, &open, &hash, [0; 16]).unwrap_err();
+    assert!(matches!(err, ProtocolError::InvalidKemKey), "{err:?}");
+    assert!(err.to_string().contains("3329"), "{err}");
+}
+
+#[test]
 fn typed_messages_round_trip_through_the_seal() {
-    let (mut client, mut server, _) = channel_pair();
+    let (mut client, mut server, ..) = channel_pair();
     let request = SealedMessage::Request(InferenceRequest {
         request_id: 9,
         prompt: Prompt::Chat(vec![ChatMessage {

@@ -502,6 +502,8 @@ pub struct RawSession {
     pub channel: chrysalis_protocol::SealedChannel,
     /// The session-open that was sent.
     pub open: chrysalis_protocol::SessionOpen,
+    /// The enclave's accept.
+    pub accept: chrysalis_protocol::SessionAccept,
     /// The verified evidence.
     pub verdict: chrysalis_client::attest::Verdict,
 }
@@ -527,27 +529,25 @@ impl RawSession {
         endpoint: &Endpoint,
         rng: &mut impl rand_core::CryptoRngCore,
     ) -> Result<Self, chrysalis_protocol::ErrorMessage> {
-        use chrysalis_protocol::{PlainMessage, SealedChannel};
+        use chrysalis_protocol::{ClientHandshake, PlainMessage};
         let verdict = chrysalis_client::attest::fetch_and_verify(endpoint, &insecure_trust())
             .await
             .expect("verified evidence");
-        let (channel, open) =
-            SealedChannel::client(rng, &verdict.evidence.x25519_pub, &verdict.evidence.hash())
-                .expect("client channel");
-        let socket = endpoint.open_socket().await.expect("session socket");
-        let mut raw = Self {
-            socket,
-            channel,
-            open: open.clone(),
-            verdict,
-        };
-        let frame = PlainMessage::SessionOpen(open)
+        let (handshake, open) = ClientHandshake::start(rng, &verdict.evidence);
+        let mut socket = endpoint.open_socket().await.expect("session socket");
+        let frame = PlainMessage::SessionOpen(open.clone())
             .to_frame_bytes()
             .expect("session open");
-        raw.send(frame).await;
-        match raw.next().await {
+        send_on(&mut socket, frame).await;
+        match next_on(&mut socket).await {
             Reply::Frame(f) => match PlainMessage::from_frame(&f) {
-                Ok(PlainMessage::SessionAccept(_)) => Ok(raw),
+                Ok(PlainMessage::SessionAccept(accept)) => Ok(Self {
+                    socket,
+                    channel: handshake.finish(&accept).expect("a signed accept"),
+                    open,
+                    accept,
+                    verdict,
+                }),
                 Ok(PlainMessage::Error(e)) => Err(e),
                 other => panic!("expected a session accept, got {other:?}"),
             },
@@ -557,35 +557,12 @@ impl RawSession {
 
     /// Sends one binary message.
     pub async fn send(&mut self, bytes: Vec<u8>) {
-        use futures_util::SinkExt;
-        use tokio_tungstenite::tungstenite::Message;
-        self.socket
-            .send(Message::Binary(bytes.into()))
-            .await
-            .expect("send on the session socket");
+        send_on(&mut self.socket, bytes).await;
     }
 
     /// The next frame or close, waiting at most a minute.
     pub async fn next(&mut self) -> Reply {
-        use futures_util::StreamExt;
-        use tokio_tungstenite::tungstenite::Message;
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(60), self.socket.next())
-                .await
-                .expect("a reply within a minute");
-            match msg {
-                Some(Ok(Message::Binary(b))) => {
-                    return Reply::Frame(
-                        chrysalis_protocol::Frame::decode(&b).expect("a well-formed frame"),
-                    )
-                }
-                Some(Ok(Message::Close(c))) => {
-                    return Reply::Closed(c.map(|c| (u16::from(c.code), c.reason.to_string())))
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return Reply::Closed(None),
-            }
-        }
+        next_on(&mut self.socket).await
     }
 
     /// Reads sealed replies until the response ends; returns the text.
@@ -614,5 +591,45 @@ impl RawSession {
             },
             other => panic!("expected a plain error, got {other:?}"),
         }
+    }
+}
+
+/// Sends one binary message on a session socket.
+pub async fn send_on(socket: &mut chrysalis_client::transport::SessionSocket, bytes: Vec<u8>) {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    socket
+        .send(Message::Binary(bytes.into()))
+        .await
+        .expect("send on the session socket");
+}
+
+/// The next binary message on a session socket, raw, or how it closed; waits at most a
+/// minute.
+pub async fn next_raw(
+    socket: &mut chrysalis_client::transport::SessionSocket,
+) -> Result<Vec<u8>, Option<(u16, String)>> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(60), socket.next())
+            .await
+            .expect("a reply within a minute");
+        match msg {
+            Some(Ok(Message::Binary(b))) => return Ok(b.to_vec()),
+            Some(Ok(Message::Close(c))) => {
+                return Err(c.map(|c| (u16::from(c.code), c.reason.to_string())))
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return Err(None),
+        }
+    }
+}
+
+/// The next frame or close on a session socket, waiting at most a minute.
+pub async fn next_on(socket: &mut chrysalis_client::transport::SessionSocket) -> Reply {
+    match next_raw(socket).await {
+        Ok(b) => Reply::Frame(chrysalis_protocol::Frame::decode(&b).expect("a well-formed frame")),
+        Err(close) => Reply::Closed(close),
     }
 }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chrysalis_protocol::{Evidence, SealedChannel, SessionOpen, Usage};
+use chrysalis_protocol::{Evidence, SealedChannel, SessionAccept, SessionOpen, Usage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::attest::{self, CertOffer, EvidenceProvider, Identity, ProviderKind};
@@ -150,7 +150,14 @@ impl Server {
         }
     }
 
-    fn accept_session(&self, open: &SessionOpen) -> Result<SealedChannel, String> {
+    /// Answers a session-open under evidence this enclave issued (each evidence opens
+    /// one session): a fresh ephemeral X25519 share and ML-KEM-768 encapsulation,
+    /// signed over the transcript. The ephemeral secrets die inside this call.
+    fn accept_session(
+        &self,
+        open: &SessionOpen,
+        session_id: [u8; 16],
+    ) -> Result<(SealedChannel, SessionAccept), String> {
         let known = self
             .issued
             .lock()
@@ -159,8 +166,14 @@ impl Server {
         if !known {
             return Err("the session names evidence this enclave did not issue, or already used; fetch fresh evidence".to_owned());
         }
-        SealedChannel::server(&self.identity.keys, open, &open.evidence_hash)
-            .map_err(|e| e.to_string())
+        SealedChannel::server(
+            &mut rand_core::OsRng,
+            &self.identity.keys,
+            open,
+            &open.evidence_hash,
+            session_id,
+        )
+        .map_err(|e| e.to_string())
     }
 
     fn try_session_permit(&self) -> Option<OwnedSemaphorePermit> {

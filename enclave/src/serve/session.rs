@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrysalis_protocol::{
-    ErrorCode, ErrorMessage, Frame, FrameHeader, InferenceRequest, PlainMessage, ProtocolError,
-    Receipt, ResponseEnd, SealedChannel, SealedMessage, SessionAccept, Signed, StreamChunk, Usage,
-    HEADER_LEN,
+    Envelope, ErrorCode, ErrorMessage, ForeignFrame, Frame, FrameHeader, InferenceRequest,
+    PlainMessage, ProtocolError, Receipt, ResponseEnd, SealedChannel, SealedMessage, Signed,
+    StreamChunk, Usage, HEADER_LEN,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
@@ -35,7 +35,8 @@ pub enum ConnError {
 }
 
 /// Reads one frame, validating its header before allocating the body; `None` at a
-/// clean end of stream.
+/// clean end of stream. A frame of another protocol version fails with
+/// [`ProtocolError::UnknownVersion`]; its body is read and dropped, never buffered.
 async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> Result<Option<Frame>, ConnError> {
     let mut head = [0u8; HEADER_LEN];
     match r.read_exact(&mut head).await {
@@ -43,7 +44,19 @@ async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> Result<Option<Frame>, C
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let header = FrameHeader::parse(&head)?;
+    let header = match FrameHeader::parse(&head) {
+        Ok(header) => header,
+        Err(e @ ProtocolError::UnknownVersion { .. }) => {
+            // Drain the foreign frame's body (bounded by the maximum frame size) so the
+            // refusal is not lost to the reset that closing over unread bytes sends.
+            if let Ok(envelope) = Envelope::parse(&head) {
+                let mut body = (&mut *r).take(u64::from(envelope.body_len));
+                tokio::io::copy(&mut body, &mut tokio::io::sink()).await?;
+            }
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut bytes = vec![0u8; header.frame_len()];
     bytes[..HEADER_LEN].copy_from_slice(&head);
     r.read_exact(&mut bytes[HEADER_LEN..]).await?;
@@ -58,17 +71,35 @@ async fn read_or_refuse<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
 ) -> Result<Option<Frame>, ConnError> {
     match server.read_idle(read_frame(stream)).await {
+        Err(ConnError::Protocol(ProtocolError::UnknownVersion { found, expected })) => {
+            // Answered in the peer's own version: every version reads a plain error the
+            // same way, so an old client shows why instead of a dropped connection.
+            let refusal = error_message(ErrorCode::UnsupportedVersion, version_advice(found));
+            write_bytes(stream, &ForeignFrame::refusal(found, refusal)?).await?;
+            Err(ConnError::Protocol(ProtocolError::UnknownVersion {
+                found,
+                expected,
+            }))
+        }
         Err(ConnError::Protocol(e)) => {
-            let code = match e {
-                ProtocolError::UnknownVersion { .. } => ErrorCode::UnsupportedVersion,
-                _ => ErrorCode::BadRequest,
-            };
             let why = format!("frame refused, connection closed: {e}");
-            send_plain(stream, &PlainMessage::Error(error_message(code, why))).await?;
+            let refusal = error_message(ErrorCode::BadRequest, why);
+            send_plain(stream, &PlainMessage::Error(refusal)).await?;
             Err(ConnError::Protocol(e))
         }
         other => other,
     }
+}
+
+/// What a client speaking protocol `found` is told.
+fn version_advice(found: u16) -> String {
+    let ours = chrysalis_protocol::PROTOCOL_VERSION;
+    let advice = if found < ours {
+        "upgrade the client".to_owned()
+    } else {
+        format!("this enclave is older than the client; use a client that speaks v{ours}")
+    };
+    format!("client speaks protocol v{found}, this enclave speaks v{ours}: {advice}")
 }
 
 async fn write_bytes(w: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> Result<(), ConnError> {
@@ -133,8 +164,9 @@ where
                     .await?;
                     return Ok(());
                 };
-                let channel = match server.accept_session(&open) {
-                    Ok(channel) => channel,
+                let session_id = Server::next_session_id();
+                let (channel, accept) = match server.accept_session(&open, session_id) {
+                    Ok(accepted) => accepted,
                     Err(why) => {
                         send_plain(
                             &mut stream,
@@ -144,12 +176,7 @@ where
                         return Ok(());
                     }
                 };
-                let session_id = Server::next_session_id();
-                send_plain(
-                    &mut stream,
-                    &PlainMessage::SessionAccept(SessionAccept { session_id }),
-                )
-                .await?;
+                send_plain(&mut stream, &PlainMessage::SessionAccept(accept)).await?;
                 let session = Session {
                     server,
                     channel,

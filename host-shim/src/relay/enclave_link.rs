@@ -9,7 +9,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrysalis_protocol::ProtocolError;
-use chrysalis_protocol::{Frame, FrameHeader, HEADER_LEN};
+use chrysalis_protocol::{Envelope, HEADER_LEN};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// How long connecting to the enclave may take before the shim reports it down.
@@ -97,11 +97,14 @@ impl EnclaveAddr {
     }
 }
 
-/// Checks that `bytes` is exactly one frame: a valid header (version, kind, flags,
-/// length under the maximum) and a body of exactly the announced length. The body
-/// itself is opaque to the shim.
+/// Checks that `bytes` is exactly one frame: a header whose length is under the
+/// maximum and a body of exactly the announced length; a frame of the shim's protocol
+/// version also gets the full header check (kind, flags, counter). A frame of another
+/// version is relayed as it is, so the enclave can tell an old or new client which
+/// versions differ, in a frame of the client's own version. The body is opaque to the
+/// shim.
 pub fn check_frame(bytes: &[u8]) -> Result<(), ProtocolError> {
-    Frame::parse_exact(bytes).map(|_| ())
+    Envelope::check_exact(bytes).map(|_| ())
 }
 
 /// Writes one whole frame (already checked with [`check_frame`]).
@@ -114,8 +117,8 @@ pub async fn write_frame(
 }
 
 /// Reads one whole frame, header included; `Ok(None)` when the enclave closed the
-/// connection cleanly between frames. The header is validated, and so the length
-/// bounded by the protocol's maximum, before the buffer is allocated.
+/// connection cleanly between frames. The length is bounded by the protocol's maximum
+/// before the buffer is allocated.
 pub async fn read_frame(link: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Option<Vec<u8>>> {
     let mut header = [0u8; HEADER_LEN];
     match link.read_exact(&mut header).await {
@@ -123,7 +126,8 @@ pub async fn read_frame(link: &mut (impl AsyncRead + Unpin)) -> std::io::Result<
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let parsed = FrameHeader::parse(&header)
+    // Any version: the enclave answers a client of another version in that version.
+    let parsed = Envelope::parse(&header)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     let mut frame = vec![0u8; parsed.frame_len()];
     frame[..HEADER_LEN].copy_from_slice(&header);

@@ -1,7 +1,9 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
-use chrysalis_protocol::{EnclaveKeys, Evidence, EvidenceKind, SealedChannel, SessionOpen};
+use chrysalis_protocol::{
+    ClientHandshake, EnclaveKeys, Evidence, EvidenceKind, SealedChannel, SessionAccept, SessionOpen,
+};
 use rand_core::{CryptoRng, RngCore};
 
 /// Test double for an RNG: a fixed, reproducible byte stream (SHA-256 in counter
@@ -84,13 +86,34 @@ pub fn evidence(keys: &EnclaveKeys) -> Evidence {
     }
 }
 
-/// A connected (client, server) pair under `evidence(enclave_keys())`.
-pub fn channel_pair() -> (SealedChannel, SealedChannel, SessionOpen) {
+/// The RNG seed of the client's ephemeral keys in [`channel_pair`].
+pub const CLIENT_SEED: u8 = 7;
+/// The RNG seed of the enclave's ephemeral keys in [`channel_pair`].
+pub const SERVER_SEED: u8 = 8;
+/// The session id the enclave gives in [`channel_pair`].
+pub const SESSION_ID: [u8; 16] = [0x44; 16];
+
+/// The client's handshake state and session-open from the fixed seed `seed`.
+pub fn client_start(seed: u8) -> (ClientHandshake, SessionOpen) {
     let keys = enclave_keys();
-    let evidence = evidence(&keys);
-    let hash = evidence.hash();
-    let (client, open) =
-        SealedChannel::client(&mut FixedRng::new(7), &keys.x25519_public(), &hash).expect("client");
-    let server = SealedChannel::server(&keys, &open, &hash).expect("server");
-    (client, server, open)
+    ClientHandshake::start(&mut FixedRng::new(seed), &evidence(&keys))
+}
+
+/// The enclave's answer to `open` with its ephemeral keys from the seed `seed`.
+pub fn server_accept(open: &SessionOpen, seed: u8) -> (SealedChannel, SessionAccept) {
+    let keys = enclave_keys();
+    let hash = evidence(&keys).hash();
+    SealedChannel::server(&mut FixedRng::new(seed), &keys, open, &hash, SESSION_ID)
+        .expect("server accepts the session-open")
+}
+
+/// A connected (client, server) pair under `evidence(enclave_keys())`, with the
+/// session-open and the accept that made it.
+pub fn channel_pair() -> (SealedChannel, SealedChannel, SessionOpen, SessionAccept) {
+    let (handshake, open) = client_start(CLIENT_SEED);
+    let (server, accept) = server_accept(&open, SERVER_SEED);
+    let client = handshake
+        .finish(&accept)
+        .expect("client finishes the handshake");
+    (client, server, open, accept)
 }

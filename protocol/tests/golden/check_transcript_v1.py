@@ -3,7 +3,7 @@
 package, independently of the Rust code, following DESIGN.md's "Binding and key
 schedule" and the frame layout in protocol/src/frame.rs.
 
-Usage: python3 check_transcript.py transcript_v1.hex   (needs: pip install cryptography)
+Usage: python3 check_transcript_v1.py transcript_v1.hex   (needs: pip install cryptography)
 """
 import hashlib
 import struct
