@@ -59,7 +59,8 @@ ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT = 0, 1, 2
 REPORT_DATA_LABEL = b"chrysalis/v1/report-data"
 EVIDENCE_HASH_LABEL = b"chrysalis/v1/evidence"
 REQUEST_HASH_LABEL = b"chrysalis/v1/request"
-RECEIPT_DOMAIN = b"chrysalis/v1/receipt"
+RECEIPT_DOMAIN = b"chrysalis/v2/receipt"
+OUTPUT_HASH_DOMAIN = b"chrysalis/v2/output"
 TRANSCRIPT_LABEL = b"chrysalis/v2/transcript"
 ACCEPT_SIGNATURE_DOMAIN = b"chrysalis/v2/session-accept"
 C2S_INFO, S2C_INFO = b"chrysalis/v2/c2s", b"chrysalis/v2/s2c"
@@ -517,7 +518,8 @@ def chat(url, question, max_tokens, allow_simulated, out):
                 receipt_start = r.pos
                 receipt = {"request_id": r.u64(), "evidence_hash": r.take(32),
                            "model_root": r.take(32), "request_hash": r.take(32),
-                           "prompt_tokens": r.u32(), "completion_tokens": r.u32()}
+                           "prompt_tokens": r.u32(), "completion_tokens": r.u32(),
+                           "output_hash": r.take(32)}
                 receipt_bytes = plaintext[receipt_start:r.pos]
                 signature = r.take(64)
                 r.end()
@@ -542,6 +544,7 @@ def chat(url, question, max_tokens, allow_simulated, out):
         "model_root": evidence["model_root"],
         "request_hash": hashlib.sha256(REQUEST_HASH_LABEL + request).digest(),
         "completion_tokens": len(token_ids),
+        "output_hash": output_hash(token_ids, finish),
     }
     for field, want in expected.items():
         if receipt[field] != want:
@@ -551,6 +554,12 @@ def chat(url, question, max_tokens, allow_simulated, out):
             "usage": {"prompt_tokens": receipt["prompt_tokens"],
                       "completion_tokens": receipt["completion_tokens"]},
             "receipt_verified": True, "model_root": evidence["model_root"].hex()}
+
+
+def output_hash(token_ids, finish):
+    """What the receipt's output_hash must be for the ids and finish reason received."""
+    body = struct.pack("<Q", len(token_ids)) + b"".join(struct.pack("<I", i) for i in token_ids)
+    return hashlib.sha256(OUTPUT_HASH_DOMAIN + b"\0" + body + bytes([finish])).digest()
 
 
 def main():

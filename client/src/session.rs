@@ -201,7 +201,11 @@ impl Session {
                     token_ids.extend_from_slice(&chunk.token_ids);
                 }
                 SealedMessage::End(end) => {
-                    let receipt = self.check_receipt(request, &end.receipt, token_ids.len())?;
+                    let delivered = Delivered {
+                        token_ids: &token_ids,
+                        finish_reason: end.finish_reason,
+                    };
+                    let receipt = self.check_receipt(request, &end.receipt, &delivered)?;
                     let bill = self.check_bill(bill.as_ref(), &receipt)?;
                     return Ok(Completion {
                         text,
@@ -225,8 +229,10 @@ impl Session {
         &self,
         request: &InferenceRequest,
         signed: &chrysalis_protocol::Signed<Receipt>,
-        received: usize,
+        delivered: &Delivered<'_>,
     ) -> Result<Receipt, SessionError> {
+        let received = delivered.token_ids.len();
+        let output = chrysalis_protocol::output_hash(delivered.token_ids, delivered.finish_reason);
         let ev = &self.verdict.evidence;
         let receipt = signed
             .verify(&ev.ed25519_pub)
@@ -251,6 +257,10 @@ impl Session {
             (
                 receipt.usage.completion_tokens as usize != received,
                 "its completion tokens differ from the tokens received",
+            ),
+            (
+                receipt.output_hash != output,
+                "its output hash differs from the tokens and finish reason received",
             ),
         ];
         match problems.iter().find(|(bad, _)| *bad) {
@@ -318,4 +328,10 @@ async fn next_frame(socket: &mut SessionSocket) -> Result<Frame, SessionError> {
             Some(Err(e)) => return Err(transport(e)),
         }
     }
+}
+
+/// What a response delivered, as the client received it.
+struct Delivered<'a> {
+    token_ids: &'a [u32],
+    finish_reason: chrysalis_protocol::FinishReason,
 }

@@ -235,3 +235,106 @@ fn the_leak_scanner_finds_what_it_looks_for() {
         "a hex window"
     );
 }
+
+/// Reads the next reply of `session` and returns the sealed error's text.
+async fn expect_sealed_error(session: &mut RawSession) -> String {
+    let common::Reply::Frame(frame) = session.next().await else {
+        panic!("the session closed instead of answering with a sealed error");
+    };
+    assert_eq!(
+        frame.kind(),
+        chrysalis_protocol::FrameKind::Sealed,
+        "a refusal inside a session must travel sealed"
+    );
+    match session
+        .channel
+        .open_message(&frame)
+        .expect("a sealed reply")
+    {
+        SealedMessage::Error(e) => e.message,
+        other => panic!("expected a sealed error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_request_refused_inside_a_session_shows_the_shim_no_request_field() {
+    let logs = common::log_dir("refusal-leaks");
+    let stack = Stack::start(StackOptions {
+        log_dir: Some(&logs),
+        ..StackOptions::default()
+    });
+    let enclave_tap = Tap::start(stack.enclave_socket_addr());
+    let shim_log = logs.join("tapped-shim.log");
+    let (_shim, shim_url) = start_until(
+        common::shim_command(&format!("tcp:{}", enclave_tap.addr), Some(&shim_log)),
+        "listening on ",
+        Some(&shim_log),
+    );
+    let client_tap = Tap::start(shim_url.trim_start_matches("http://"));
+    let endpoint = Endpoint::new(&format!("http://{}", client_tap.addr), None).expect("endpoint");
+
+    // Two refusals: one by the scheduler (the session goes on), one by the decoder (a
+    // field out of range; the session ends).
+    const TOO_MANY: u32 = 987_654;
+    let (scheduler_refusal, decoder_refusal) = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            let mut session = RawSession::open(&endpoint, &mut OsRng).await;
+            let greedy = chat_request(PROMPT, TOO_MANY);
+            let sealed = session
+                .channel
+                .seal_message(&SealedMessage::Request(greedy))
+                .expect("seal");
+            session.send(sealed).await;
+            let first = expect_sealed_error(&mut session).await;
+
+            // Encoding does not validate, so a hostile client can seal this.
+            let mut bad_top_p = chat_request(PROMPT, 4);
+            bad_top_p.sampling.top_p = 0.0;
+            let sealed = session
+                .channel
+                .seal_message(&SealedMessage::Request(bad_top_p))
+                .expect("seal");
+            session.send(sealed).await;
+            let second = expect_sealed_error(&mut session).await;
+            (first, second)
+        });
+    // The client, and only the client, learns why.
+    assert!(
+        scheduler_refusal.contains(&TOO_MANY.to_string()),
+        "{scheduler_refusal}"
+    );
+    assert!(decoder_refusal.contains("top_p"), "{decoder_refusal}");
+
+    let too_many = TOO_MANY.to_string();
+    let fields: [(&str, &[u8]); 4] = [
+        ("the refused max_tokens", too_many.as_bytes()),
+        ("the refused field's name", b"top_p"),
+        ("the scheduler's reason", scheduler_refusal.as_bytes()),
+        ("the decoder's reason", decoder_refusal.as_bytes()),
+    ];
+    for (place, bytes) in [
+        ("client→shim bytes", client_tap.bytes(Direction::Upstream)),
+        ("shim→client bytes", client_tap.bytes(Direction::Downstream)),
+        ("shim→enclave bytes", enclave_tap.bytes(Direction::Upstream)),
+        (
+            "enclave→shim bytes",
+            enclave_tap.bytes(Direction::Downstream),
+        ),
+        (
+            "the shim's log",
+            std::fs::read(&shim_log).expect("shim log"),
+        ),
+        (
+            "the enclave's log",
+            std::fs::read(logs.join("enclave.log")).expect("enclave log"),
+        ),
+    ] {
+        assert_no_leak(place, &bytes, &fields);
+    }
+    let enclave_log = std::fs::read_to_string(logs.join("enclave.log")).expect("enclave log");
+    assert!(
+        enclave_log.contains("request refused") && enclave_log.contains("malformed"),
+        "the enclave logs that it refused, without the reason: {enclave_log}"
+    );
+}

@@ -445,6 +445,7 @@ mod tests {
             model_root: [2; 32],
             request_hash: [3; 32],
             usage,
+            output_hash: [4; 32],
         }
     }
 

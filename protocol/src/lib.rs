@@ -62,5 +62,5 @@ pub use sealed::{
     SealedChannel, ACCEPT_SIGNATURE_DOMAIN, C2S_INFO, MAX_PLAINTEXT_LEN, S2C_INFO, TAG_LEN,
     TRANSCRIPT_LABEL,
 };
-pub use signing::{Receipt, Signable, Signed};
+pub use signing::{output_hash, Receipt, Signable, Signed, OUTPUT_HASH_DOMAIN};
 pub use version::{check_version, PROTOCOL_VERSION};

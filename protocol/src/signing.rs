@@ -9,7 +9,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{array64, WireMessage};
-use crate::messages::Usage;
+use crate::messages::{FinishReason, Usage};
 use crate::ProtocolError;
 
 /// A wire type the enclave signs.
@@ -29,7 +29,7 @@ pub trait Signable: WireMessage {
 }
 
 /// The enclave's statement about one response: which model answered which request
-/// under which evidence, and how many tokens it took.
+/// under which evidence, how many tokens it took, and what it delivered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
     /// The client's [`crate::InferenceRequest::request_id`].
@@ -42,6 +42,10 @@ pub struct Receipt {
     pub request_hash: [u8; 32],
     /// Tokens metered inside the enclave.
     pub usage: Usage,
+    /// [`output_hash`] of the token ids the response delivered and its finish reason,
+    /// so a receipt cannot be moved onto other output (or the output cut short by
+    /// whoever relays it) without the client noticing.
+    pub output_hash: [u8; 32],
 }
 
 impl WireMessage for Receipt {
@@ -49,7 +53,31 @@ impl WireMessage for Receipt {
 }
 
 impl Signable for Receipt {
-    const DOMAIN: &'static [u8] = b"chrysalis/v1/receipt";
+    /// v2: the layout gained `output_hash`.
+    const DOMAIN: &'static [u8] = b"chrysalis/v2/receipt";
+}
+
+/// Domain of [`output_hash`].
+pub const OUTPUT_HASH_DOMAIN: &[u8] = b"chrysalis/v2/output";
+
+/// SHA-256 over what a response delivered: `OUTPUT_HASH_DOMAIN ‖ 0x00 ‖ count (u64
+/// little-endian) ‖ each token id (u32 little-endian) ‖ finish reason (one byte: 0 stop,
+/// 1 length, 2 cancelled)`.
+pub fn output_hash(token_ids: &[u32], finish: FinishReason) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(OUTPUT_HASH_DOMAIN);
+    hash.update([0]);
+    hash.update((token_ids.len() as u64).to_le_bytes());
+    for id in token_ids {
+        hash.update(id.to_le_bytes());
+    }
+    hash.update([match finish {
+        FinishReason::Stop => 0u8,
+        FinishReason::Length => 1,
+        FinishReason::Cancelled => 2,
+    }]);
+    hash.finalize().into()
 }
 
 /// A value and the enclave's Ed25519 signature over its [`Signable::signing_bytes`].

@@ -179,7 +179,13 @@ fn transcript() -> Vec<(&'static str, Vec<u8>)> {
             prompt_tokens: 31,
             completion_tokens: 7,
         },
+        // The ids and finish reason `server_messages` delivers.
+        output_hash: chrysalis_protocol::output_hash(
+            &[504, 3575, 282, 4649, 314, 7042, 30],
+            FinishReason::Stop,
+        ),
     };
+    lines.push(("output_hash", receipt.output_hash.to_vec()));
     lines.push(("receipt_signing_bytes", receipt.signing_bytes()));
     let signed = Signed::sign(receipt, keys.signing_key());
     lines.push(("receipt_signature", signed.signature.to_vec()));

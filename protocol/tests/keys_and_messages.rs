@@ -107,6 +107,7 @@ fn receipt() -> Receipt {
             prompt_tokens: 10,
             completion_tokens: 5,
         },
+        output_hash: [4; 32],
     }
 }
 
@@ -142,7 +143,7 @@ fn receipts_verify_only_unchanged_and_under_the_signer() {
 #[test]
 fn signed_bytes_are_domain_separated() {
     let bytes = receipt().signing_bytes();
-    assert!(bytes.starts_with(b"chrysalis/v1/receipt\0"));
+    assert!(bytes.starts_with(b"chrysalis/v2/receipt\0"));
     assert_eq!(
         &bytes[Receipt::DOMAIN.len() + 1..],
         &receipt().to_wire()[..]

@@ -360,6 +360,7 @@ mod tests {
                 prompt_tokens: p,
                 completion_tokens: c,
             },
+            output_hash: [0; 32],
         }
     }
 

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chrysalis_protocol::{Evidence, SealedChannel, SessionAccept, SessionOpen, Usage};
+use chrysalis_protocol::{ErrorCode, Evidence, SealedChannel, SessionAccept, SessionOpen, Usage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::attest::{self, CertOffer, EvidenceProvider, Identity, ProviderKind};
@@ -82,29 +82,99 @@ pub struct ServeConfig {
 }
 
 /// Evidence handed out recently, by hash; a session may be opened once under each.
-#[derive(Default)]
+///
+/// Bounded, and never evicting: when [`Self::CAPACITY`] unexpired entries are pending,
+/// new evidence requests are refused (`Overloaded`) instead of pushing out evidence that
+/// other clients are about to use, so a flood of evidence requests can delay new
+/// clients but cannot burn pending ones. Each entry expires after [`Self::TTL`].
+/// Producing evidence costs a signature (an SNP report from the secure processor), so
+/// a token bucket also caps how fast any number of connections can ask for it.
+/// Per-source limits belong to the shim, which alone sees client addresses
+/// (`docs/protocol.md`, rate limits).
 struct IssuedEvidence {
     entries: VecDeque<([u8; 32], Instant)>,
+    /// Evidence requests allowed now (fractional tokens), refilled at [`Self::RATE`].
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// Why evidence was not issued.
+#[derive(Debug, PartialEq)]
+enum EvidenceRefusal {
+    /// Every slot holds unexpired evidence; the oldest expires after this long.
+    Full(Duration),
+    /// The issuing rate is exhausted; a token is back after this long.
+    Rate(Duration),
+}
+
+impl std::fmt::Display for EvidenceRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Full(wait) => write!(
+                f,
+                "{} evidence requests are pending (each valid {} s); retry in {} s",
+                IssuedEvidence::CAPACITY,
+                IssuedEvidence::TTL.as_secs(),
+                wait.as_secs().max(1)
+            ),
+            Self::Rate(wait) => write!(
+                f,
+                "evidence is issued at most {} per second (bursts of {}); retry in {} ms",
+                IssuedEvidence::RATE,
+                IssuedEvidence::BURST,
+                wait.as_millis().max(1)
+            ),
+        }
+    }
 }
 
 impl IssuedEvidence {
-    /// Most outstanding evidence hashes kept; older ones are forgotten first.
+    /// Most outstanding evidence hashes kept.
     const CAPACITY: usize = 4096;
     /// How long a client has between fetching evidence and opening a session.
-    const TTL: Duration = Duration::from_secs(600);
+    const TTL: Duration = Duration::from_secs(120);
+    /// Evidence issued per second, sustained.
+    const RATE: f64 = 50.0;
+    /// Evidence issued in a burst.
+    const BURST: f64 = 200.0;
 
-    fn insert(&mut self, hash: [u8; 32]) {
-        let now = Instant::now();
+    fn new(now: Instant) -> Self {
+        Self {
+            entries: VecDeque::new(),
+            tokens: Self::BURST,
+            refilled: now,
+        }
+    }
+
+    /// Reserves room for one piece of evidence, or says why not and for how long.
+    fn admit(&mut self, now: Instant) -> Result<(), EvidenceRefusal> {
         self.entries
             .retain(|(_, t)| now.duration_since(*t) < Self::TTL);
         if self.entries.len() >= Self::CAPACITY {
-            self.entries.pop_front();
+            let oldest = self.entries.front().map_or(now, |(_, t)| *t);
+            return Err(EvidenceRefusal::Full(
+                (oldest + Self::TTL).saturating_duration_since(now),
+            ));
         }
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * Self::RATE).min(Self::BURST);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            return Err(EvidenceRefusal::Rate(Duration::from_secs_f64(
+                (1.0 - self.tokens) / Self::RATE,
+            )));
+        }
+        self.tokens -= 1.0;
+        Ok(())
+    }
+
+    /// Records evidence handed out at `now` (after [`Self::admit`]).
+    fn insert(&mut self, hash: [u8; 32], now: Instant) {
         self.entries.push_back((hash, now));
     }
 
-    fn take(&mut self, hash: &[u8; 32]) -> bool {
-        let now = Instant::now();
+    /// Takes the entry for `hash` if it is pending and unexpired.
+    fn take(&mut self, hash: &[u8; 32], now: Instant) -> bool {
         let found = self
             .entries
             .iter()
@@ -127,15 +197,22 @@ pub struct Server {
 }
 
 impl Server {
-    fn evidence_for(&self, nonce: &[u8; 32]) -> Result<Evidence, String> {
+    /// Evidence for `nonce`, recorded so one session may open under it; refused with
+    /// `Overloaded` when too much evidence is pending or asked for too fast.
+    fn evidence_for(&self, nonce: &[u8; 32]) -> Result<Evidence, (ErrorCode, String)> {
+        let internal = |why: String| (ErrorCode::Internal, why);
+        let mut issued = self
+            .issued
+            .lock()
+            .map_err(|_| internal("evidence store poisoned".to_owned()))?;
+        issued
+            .admit(Instant::now())
+            .map_err(|why| (ErrorCode::Overloaded, why.to_string()))?;
         let evidence = self
             .identity
             .evidence(self.evidence.as_ref(), nonce)
-            .map_err(|e| e.to_string())?;
-        self.issued
-            .lock()
-            .map_err(|_| "evidence store poisoned".to_owned())?
-            .insert(evidence.hash());
+            .map_err(|e| internal(e.to_string()))?;
+        issued.insert(evidence.hash(), Instant::now());
         Ok(evidence)
     }
 
@@ -161,7 +238,7 @@ impl Server {
         let known = self
             .issued
             .lock()
-            .map(|mut issued| issued.take(&open.evidence_hash))
+            .map(|mut issued| issued.take(&open.evidence_hash, Instant::now()))
             .unwrap_or(false);
         if !known {
             return Err("the session names evidence this enclave did not issue, or already used; fetch fresh evidence".to_owned());
@@ -250,7 +327,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let server = Arc::new(Server {
         identity: Identity::from_provider(provider.as_ref(), model_root)?,
         evidence: provider,
-        issued: Mutex::new(IssuedEvidence::default()),
+        issued: Mutex::new(IssuedEvidence::new(Instant::now())),
         scheduler,
         billing: billing::Billing::new(
             args.prices.prices(),
@@ -293,5 +370,69 @@ async fn accept_loop(server: Arc<Server>, addr: &ListenAddr) -> anyhow::Result<(
                 tracing::info!(error = %e, "connection ended");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fills the store at `now` without touching the rate limit.
+    fn fill(store: &mut IssuedEvidence, n: usize, now: Instant) {
+        for i in 0..n {
+            let mut hash = [0u8; 32];
+            hash[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            store.entries.push_back((hash, now));
+        }
+    }
+
+    #[test]
+    fn a_full_store_refuses_new_evidence_and_keeps_what_is_pending() {
+        let t0 = Instant::now();
+        let mut store = IssuedEvidence::new(t0);
+        fill(&mut store, IssuedEvidence::CAPACITY, t0);
+        let later = t0 + Duration::from_secs(30);
+        match store.admit(later) {
+            Err(EvidenceRefusal::Full(wait)) => {
+                assert_eq!(wait, IssuedEvidence::TTL - Duration::from_secs(30))
+            }
+            other => panic!("expected Full, got {other:?}"),
+        }
+        // The flood did not push out the first client's evidence.
+        assert!(store.take(&[0; 32], later));
+        assert!(
+            !store.take(&[0; 32], later),
+            "evidence opens one session only"
+        );
+        // One slot is free again.
+        assert_eq!(store.admit(later), Ok(()));
+    }
+
+    #[test]
+    fn evidence_expires() {
+        let t0 = Instant::now();
+        let mut store = IssuedEvidence::new(t0);
+        store.insert([7; 32], t0);
+        assert!(!store.take(&[7; 32], t0 + IssuedEvidence::TTL));
+        fill(&mut store, IssuedEvidence::CAPACITY, t0);
+        // Once expired, the full store has room again.
+        assert_eq!(store.admit(t0 + IssuedEvidence::TTL), Ok(()));
+    }
+
+    #[test]
+    fn the_issuing_rate_is_capped_and_refills() {
+        let t0 = Instant::now();
+        let mut store = IssuedEvidence::new(t0);
+        let burst = IssuedEvidence::BURST as usize;
+        for _ in 0..burst {
+            assert_eq!(store.admit(t0), Ok(()));
+        }
+        assert!(matches!(store.admit(t0), Err(EvidenceRefusal::Rate(_))));
+        let one_token = Duration::from_secs_f64(1.0 / IssuedEvidence::RATE);
+        assert_eq!(store.admit(t0 + one_token), Ok(()));
+        assert!(matches!(
+            store.admit(t0 + one_token),
+            Err(EvidenceRefusal::Rate(_))
+        ));
     }
 }

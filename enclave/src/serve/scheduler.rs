@@ -121,6 +121,21 @@ pub enum JobError {
     EngineGone,
 }
 
+impl JobError {
+    /// A name for the kind of refusal that carries no request content, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JobError::PromptTooLong { .. } => "prompt too long",
+            JobError::TooManyNewTokens { .. } => "max_tokens over the limit",
+            JobError::ZeroNewTokens => "max_tokens zero",
+            JobError::Sampling(_) => "sampling parameters out of range",
+            JobError::Tokenize(_) => "messages could not be tokenized",
+            JobError::Engine(_) => "engine failure",
+            JobError::EngineGone => "engine stopped",
+        }
+    }
+}
+
 /// The async side's handle to the engine thread. Cheap to clone.
 #[derive(Clone)]
 pub struct SchedulerHandle {

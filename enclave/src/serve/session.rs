@@ -146,7 +146,7 @@ where
             PlainMessage::EvidenceRequest(req) => {
                 let answer = match server.evidence_for(&req.nonce) {
                     Ok(evidence) => PlainMessage::EvidenceResponse(evidence),
-                    Err(why) => PlainMessage::Error(error_message(ErrorCode::Internal, why)),
+                    Err((code, why)) => PlainMessage::Error(error_message(code, why)),
                 };
                 send_plain(&mut stream, &answer).await?;
             }
@@ -267,8 +267,11 @@ impl Session {
             }
             let message = match self.channel.open_message(&frame) {
                 Ok(m) => m,
-                Err(e) => {
-                    // The channel is closed for good; say why in the clear (no content).
+                Err(e) if self.channel.is_poisoned() => {
+                    // Authentication failed: no key can seal an answer the client would
+                    // trust, so say so in the clear. The reason names counters and the
+                    // tag, never request content (nothing was decrypted).
+                    tracing::info!(session = %self.id, "sealed frame failed authentication; session closed");
                     let why = format!("sealed frame refused, session closed: {e}");
                     send_plain(
                         stream,
@@ -276,6 +279,19 @@ impl Session {
                     )
                     .await?;
                     return Err(e.into());
+                }
+                Err(e) => {
+                    // Decrypted but not a valid message: the reason can quote request
+                    // fields (`top_p is 0`), so it travels sealed and the log keeps only
+                    // that a request was malformed.
+                    tracing::info!(session = %self.id, "sealed message malformed; refused");
+                    let why = format!("request refused: {e}");
+                    self.send_sealed(
+                        stream,
+                        &SealedMessage::Error(error_message(ErrorCode::BadRequest, why)),
+                    )
+                    .await?;
+                    return Ok(());
                 }
             };
             match message {
@@ -356,6 +372,8 @@ impl Session {
         };
         let mut events = self.server.scheduler.submit(job);
         let mut index = 0u32;
+        // Every token id sent, for the receipt's output hash.
+        let mut delivered: Vec<u32> = Vec::new();
         let mut pending = StreamChunk {
             index: 0,
             text: String::new(),
@@ -365,6 +383,7 @@ impl Session {
             match event {
                 Event::Token { id, text } => {
                     pending.token_ids.push(id);
+                    delivered.push(id);
                     pending.text.push_str(&text);
                     if stream_chunks
                         || pending.token_ids.len() >= chrysalis_protocol::MAX_CHUNK_TOKENS
@@ -408,12 +427,17 @@ impl Session {
                         completion_tokens,
                     };
                     self.server.record_usage(usage);
+                    let finish_reason = match reason {
+                        JobFinish::Stop => chrysalis_protocol::FinishReason::Stop,
+                        JobFinish::Length => chrysalis_protocol::FinishReason::Length,
+                    };
                     let receipt = Receipt {
                         request_id,
                         evidence_hash: self.evidence_hash,
                         model_root: self.server.identity.model_root,
                         request_hash,
                         usage,
+                        output_hash: chrysalis_protocol::output_hash(&delivered, finish_reason),
                     };
                     if let Some(reservation) = reservation {
                         let signing_key = self.server.identity.keys.signing_key();
@@ -434,17 +458,15 @@ impl Session {
                         }
                     }
                     let end = ResponseEnd {
-                        finish_reason: match reason {
-                            JobFinish::Stop => chrysalis_protocol::FinishReason::Stop,
-                            JobFinish::Length => chrysalis_protocol::FinishReason::Length,
-                        },
+                        finish_reason,
                         receipt: Signed::sign(receipt, self.server.identity.keys.signing_key()),
                     };
                     tracing::info!(session = %self.id, prompt_tokens, completion_tokens, ms = started.elapsed().as_millis() as u64, "request served");
                     return self.send_sealed(stream, &SealedMessage::End(end)).await;
                 }
                 Event::Failed(e) => {
-                    tracing::info!(session = %self.id, error = %e, "request refused");
+                    // Only the kind of refusal: its text can carry request fields.
+                    tracing::info!(session = %self.id, reason = e.kind(), "request refused");
                     let code = match e {
                         JobError::Engine(_) | JobError::EngineGone => ErrorCode::Internal,
                         _ => ErrorCode::BadRequest,

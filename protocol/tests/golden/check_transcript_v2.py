@@ -134,7 +134,7 @@ def main(path):
     end = open_sealed("sealed_end", s2c, 2)
 
     signing_bytes = t["receipt_signing_bytes"]
-    prefix = b"chrysalis/v1/receipt\0"
+    prefix = b"chrysalis/v2/receipt\0"
     assert signing_bytes.startswith(prefix)
     receipt = signing_bytes[len(prefix):]
     Ed25519PublicKey.from_public_bytes(t["enclave_ed25519_pub"]).verify(
@@ -143,6 +143,13 @@ def main(path):
     request_hash = hashlib.sha256(b"chrysalis/v1/request" + request[1:]).digest()
     check("receipt request_hash", receipt[65:97], request_hash)
     check("receipt evidence_hash", receipt[1:33], evidence_hash)
+    # The output hash is the receipt's last 32 bytes: SHA-256 over the delivered ids
+    # (count u64 LE, ids u32 LE) and the finish reason byte (0 = stop).
+    ids = [504, 3575, 282, 4649, 314, 7042, 30]
+    output = hashlib.sha256(b"chrysalis/v2/output\0" + struct.pack("<Q", len(ids))
+                            + b"".join(struct.pack("<I", i) for i in ids) + b"\0").digest()
+    check("output_hash", t["output_hash"], output)
+    check("receipt output_hash", receipt[-32:], output)
     assert receipt + t["receipt_signature"] in end, "sealed_end carries the signed receipt"
     print("all checks passed")
 
