@@ -11,7 +11,7 @@
 //!
 //! `tests/golden/check_transcript_v2.py` recomputes the transcript's cryptography with
 //! Python's `cryptography` package (50 or later, for ML-KEM), independently of this
-//! crate (see the ignored test below). `tests/golden/transcript_v1.hex` is what a v1
+//! crate (the last test below runs it). `tests/golden/transcript_v1.hex` is what a v1
 //! peer sent; `tests/version_refusal.rs` uses its frames.
 
 mod common;
@@ -301,6 +301,41 @@ fn checked_in_frames_decode_to_the_expected_messages() {
 }
 
 #[test]
+fn the_client_finishes_the_checked_in_handshake_and_opens_the_answer() {
+    let (handshake, open) = client_start(CLIENT_SEED);
+    assert_eq!(
+        PlainMessage::SessionOpen(open).to_frame_bytes().unwrap(),
+        golden("frame_session_open")
+    );
+    let accept = &decode_stream(&["frame_session_accept"])[0];
+    let PlainMessage::SessionAccept(accept) = PlainMessage::from_frame(accept).unwrap() else {
+        panic!("frame_session_accept is not a session accept");
+    };
+    let mut client = handshake.finish(&accept).unwrap();
+    let frames = decode_stream(&["sealed_chunk_0", "sealed_chunk_1", "sealed_end"]);
+    let opened: Vec<SealedMessage> = frames
+        .iter()
+        .map(|f| client.open_message(f).unwrap())
+        .collect();
+    let keys = enclave_keys();
+    let evidence = evidence(&keys);
+    let receipt = Signed::sign(
+        Receipt {
+            request_id: request().request_id,
+            evidence_hash: evidence.hash(),
+            model_root: evidence.model_root,
+            request_hash: request().hash(),
+            usage: Usage {
+                prompt_tokens: 31,
+                completion_tokens: 7,
+            },
+        },
+        keys.signing_key(),
+    );
+    assert_eq!(opened, server_messages(receipt));
+}
+
+#[test]
 fn checked_in_receipt_verifies_under_the_enclave_key() {
     let keys = enclave_keys();
     let evidence = evidence(&keys);
@@ -315,18 +350,24 @@ fn checked_in_receipt_verifies_under_the_enclave_key() {
     assert_eq!(receipt.usage.completion_tokens, 7);
 }
 
+/// Runs in CI, which installs `.ci/requirements.txt` first; fails (never skips) when
+/// python3 (or `$CHRYSALIS_PYTHON`) cannot import ML-KEM from `cryptography`.
 #[test]
-#[ignore = "needs python3 with `cryptography` >= 50 (ML-KEM); run: cargo test -p chrysalis-protocol --test golden -- --ignored"]
 fn python_recomputes_the_transcript_independently() {
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/check_transcript_v2.py");
-    let output = std::process::Command::new("python3")
+    let python = std::env::var("CHRYSALIS_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let output = std::process::Command::new(&python)
         .arg(&script)
         .arg(golden_path())
         .output()
-        .expect("python3 runs");
+        .unwrap_or_else(|e| panic!("{python} could not run: {e}"));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "check_transcript_v2.py failed (needs `cryptography` with ML-KEM: \
+         `python3 -m pip install -r .ci/requirements.txt`)\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("all checks passed"), "{stdout}");
 }
