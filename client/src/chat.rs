@@ -57,6 +57,12 @@ async fn chat(args: &Args) -> anyhow::Result<()> {
     let (endpoint, trust) = args.remote.resolve()?;
     let mut session = Session::open(&endpoint, &trust).await?;
     let insecure = session.verdict().insecure;
+    let reasons: Vec<&str> = session
+        .verdict()
+        .insecurities
+        .iter()
+        .map(|i| i.label())
+        .collect();
     if args.show_verdict && !args.json {
         print!("{}", session.verdict().summary());
         println!();
@@ -83,8 +89,13 @@ async fn chat(args: &Args) -> anyhow::Result<()> {
         },
         stream: !args.json,
     };
-    if insecure && !args.json {
-        eprintln!("INSECURE: the enclave's evidence is simulated (dev mode); this answer is not attested.");
+    if !args.json {
+        for insecurity in &session.verdict().insecurities {
+            eprintln!(
+                "INSECURE: {}; this answer is not fully attested.",
+                insecurity.explain()
+            );
+        }
     }
     let json = args.json;
     let done = session
@@ -99,6 +110,7 @@ async fn chat(args: &Args) -> anyhow::Result<()> {
     if json {
         let out = serde_json::json!({
             "insecure": insecure,
+            "insecure_reasons": reasons,
             "verdict": session_verdict_json(&endpoint, insecure),
             "text": done.text,
             "token_ids": done.token_ids,

@@ -4,9 +4,11 @@
 //!
 //! Every upstream request is sealed. Sessions are verified when they are opened (fresh
 //! evidence, fresh nonce, once per session) and kept in a small pool for reuse; a
-//! session that fails is dropped and the next request opens a new one. With simulated
-//! evidence every response carries `system_fingerprint: "INSECURE-simulated-evidence"`
-//! and the header `x-chrysalis-insecure: true`.
+//! session that fails is dropped and the next request opens a new one. When the
+//! session's verdict is INSECURE (simulated evidence, or the launch measurement not
+//! compared) every response carries `system_fingerprint: "INSECURE-..."` naming why
+//! (`INSECURE-simulated-evidence`, `INSECURE-any-measurement`) and the header
+//! `x-chrysalis-insecure: true`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -25,7 +27,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
-use crate::attest::TrustOptions;
+use crate::attest::{fingerprint_of, Insecurity, TrustOptions};
 use crate::session::{Completion, Session, SessionError};
 use crate::transport::Endpoint;
 
@@ -81,10 +83,10 @@ impl Gateway {
         &self,
         request: &InferenceRequest,
         on_chunk: &mut (dyn FnMut(&chrysalis_protocol::StreamChunk) + Send),
-    ) -> Result<(Completion, bool), SessionError> {
+    ) -> Result<(Completion, Vec<Insecurity>), SessionError> {
         for attempt in 0..2 {
             let mut session = self.session().await?;
-            let insecure = session.verdict().insecure;
+            let insecure = session.verdict().insecurities.clone();
             match session.request(request, &mut *on_chunk).await {
                 Ok(done) => {
                     self.give_back(session).await;
@@ -205,14 +207,6 @@ fn finish_name(f: FinishReason) -> &'static str {
     }
 }
 
-fn fingerprint(insecure: bool) -> &'static str {
-    if insecure {
-        "INSECURE-simulated-evidence"
-    } else {
-        "chrysalis-sev-snp-verified"
-    }
-}
-
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -274,7 +268,7 @@ async fn chat_completions(State(gw): State<Arc<Gateway>>, body: axum::body::Byte
                 "object": "chat.completion",
                 "created": now_secs(),
                 "model": model,
-                "system_fingerprint": fingerprint(insecure),
+                "system_fingerprint": fingerprint_of(&insecure),
                 "choices": [{
                     "index": 0,
                     "message": { "role": "assistant", "content": done.text },
@@ -282,7 +276,7 @@ async fn chat_completions(State(gw): State<Arc<Gateway>>, body: axum::body::Byte
                 }],
                 "usage": usage_json(&done),
             });
-            with_insecure_header(Json(body).into_response(), insecure)
+            with_insecure_header(Json(body).into_response(), !insecure.is_empty())
         }
         Err(e) => session_error(&e),
     }
@@ -301,21 +295,22 @@ fn stream_completion(gw: Arc<Gateway>, request: InferenceRequest, model: String)
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
     let id = completion_id();
     let created = now_secs();
-    let chunk = move |delta: Value, finish: Value, usage: Value, insecure: bool| {
+    let chunk = move |delta: Value, finish: Value, usage: Value, insecure: &[Insecurity]| {
         json!({
             "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "system_fingerprint": fingerprint(insecure),
+            "system_fingerprint": fingerprint_of(insecure),
             "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
             "usage": usage,
         })
     };
     tokio::spawn(async move {
-        let insecure = gw.trust.allow_simulated;
+        // Before a session is open, the options say what may be given up.
+        let insecure = gw.trust.insecurities();
         let _ = tx.send(chunk(
             json!({"role": "assistant", "content": ""}),
             Value::Null,
             Value::Null,
-            insecure,
+            &insecure,
         ));
         let sender = tx.clone();
         let chunk_for_text = chunk.clone();
@@ -325,14 +320,14 @@ fn stream_completion(gw: Arc<Gateway>, request: InferenceRequest, model: String)
                     json!({"content": c.text}),
                     Value::Null,
                     Value::Null,
-                    insecure,
+                    &insecure,
                 ));
             }
         };
         match gw.complete(&request, &mut on_chunk).await {
             Ok((done, insecure)) => {
                 let finish = json!(finish_name(done.finish_reason));
-                let _ = tx.send(chunk(json!({}), finish, usage_json(&done), insecure));
+                let _ = tx.send(chunk(json!({}), finish, usage_json(&done), &insecure));
             }
             Err(e) => {
                 let _ = tx.send(

@@ -27,7 +27,7 @@ enum Command {
     VerifyReport(verify_report::Args),
     /// Build payment-channel messages (deploy, top up, withdraw, close) as BOC files.
     Pay(pay::Args),
-    /// Fetch live evidence with a fresh nonce and check it (exit 1 names the failure).
+    // The subcommand's help comes from `verify::Args`.
     Verify(verify::Args),
     /// Verify the enclave, open a sealed session and stream one answer.
     Chat(chat::Args),

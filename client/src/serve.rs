@@ -53,9 +53,9 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let local = listener.local_addr()?;
     let marker = if verdict.insecure {
-        " (INSECURE: simulated evidence)"
+        format!(" ({})", verdict.fingerprint())
     } else {
-        ""
+        String::new()
     };
     // Tests and scripts wait for this line.
     println!("chrysalis serve: OpenAI-compatible API on http://{local}/v1{marker}");

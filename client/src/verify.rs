@@ -8,14 +8,25 @@ use crate::remote::{runtime, Remote};
 
 /// Fetch the enclave's evidence with a fresh nonce and check it.
 ///
-/// SEV-SNP evidence is checked exactly as `chrysalis verify-report` checks a report
-/// (AMD chain, signature over the raw report, policy, TCB, measurement), plus the
-/// REPORT_DATA binding of the enclave's keys, the model root and our nonce. Simulated
-/// (dev-mode) evidence is refused unless --allow-simulated, and then marked INSECURE.
+/// SEV-SNP evidence is checked as `chrysalis verify-report` checks a report (AMD chain,
+/// signature over the raw report, chip id, guest policy, VMPL), plus:
+///   - the launch measurement must be in the published manifests built into this
+///     binary (or those given with --manifests, which replace them);
+///   - REPORTED_TCB must meet those manifests' minimum for the report's CPU generation
+///     (Milan, Genoa, Turin), raised by --min-tcb;
+///   - REPORT_DATA must bind the enclave's keys, the model root and our nonce.
+/// The verdict lists only the checks that ran.
+///
+/// INSECURE options, each marking every output INSECURE:
+///   --insecure-any-measurement  accept any launch measurement (any image)
+///   --allow-simulated           accept simulated (dev-mode) evidence
 ///
 /// Exit status: 0 when the evidence is accepted, 1 with the failed check otherwise.
 ///
-/// Example: chrysalis verify --url http://127.0.0.1:8443 --allow-simulated --json
+/// Examples:
+///   chrysalis verify --url https://provider.example:8443
+///   chrysalis verify --url https://provider.example:8443 --manifests ./published --min-tcb genoa:snp=28
+///   chrysalis verify --url http://127.0.0.1:8443 --allow-simulated --json
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -39,14 +50,7 @@ pub fn run(args: &Args) -> ExitCode {
         }
         Ok(Ok(verdict)) => {
             print!("{}", verdict.summary());
-            println!(
-                "{}",
-                if verdict.insecure {
-                    "verdict: ACCEPTED, INSECURE (simulated)"
-                } else {
-                    "verdict: ACCEPTED"
-                }
-            );
+            println!("{}", verdict.verdict_line());
             ExitCode::SUCCESS
         }
         Ok(Err(e)) => fail(args.json, &e.to_string()),

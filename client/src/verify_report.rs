@@ -8,9 +8,8 @@ use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 use chrysalis_measurements::snp::{
-    certs::parse_time,
-    expect::{load_manifests, parse_hex_array},
-    AllowedMeasurement, EndorsementKey, MinTcb, Policy, Report, Verified, Verifier, VerifyError,
+    certs::parse_time, expect::parse_hex_array, AllowedMeasurement, EndorsementKey, Manifests,
+    MinTcb, Policy, Processor, Report, TcbFloors, Verified, Verifier, VerifyError,
 };
 use serde_json::json;
 
@@ -22,8 +21,10 @@ const MAX_INPUT_BYTES: u64 = 1 << 20;
 /// Checks, in order: the report format; the VCEK/VLEK chain to AMD's pinned root for
 /// the processor (Milan, Genoa, Turin) and every certificate's validity dates; the
 /// report signature over the raw bytes; the certificate's TCB and hwID extensions
-/// against REPORTED_TCB and CHIP_ID; then the policy: no debug, no migration agent,
-/// minimum TCB, allowed VMPL, allowed launch measurements, expected REPORT_DATA.
+/// against REPORTED_TCB and CHIP_ID; then the policy: allowed launch measurements,
+/// minimum TCB, no debug, no migration agent, allowed VMPL, expected REPORT_DATA.
+/// Checks not asked for (no --measurement/--manifest, no --min-tcb, no --report-data)
+/// are listed as not checked.
 ///
 /// Exit status: 0 when every check holds, 1 with the name of the failed check
 /// otherwise.
@@ -62,7 +63,8 @@ pub struct Args {
     #[arg(long, value_name = "HEX", value_parser = AllowedMeasurement::from_hex)]
     measurement: Vec<AllowedMeasurement>,
     /// A published image manifest, or a directory of them (e.g. measurements/published);
-    /// its `snp_launch_digests` are allowed. Repeat for several.
+    /// its `snp_launch_digests` are allowed and its `min_tcb` for the report's CPU
+    /// generation is enforced (raised by --min-tcb). Repeat for several.
     #[arg(long, value_name = "PATH")]
     manifest: Vec<PathBuf>,
     /// The expected REPORT_DATA (128 hex digits).
@@ -95,8 +97,13 @@ fn read_bounded(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
 impl Args {
     fn policy(&self) -> Result<Policy, VerifyError> {
         let mut allowed = self.measurement.clone();
+        let mut floors = TcbFloors::default();
         for path in &self.manifest {
-            allowed.extend(load_manifests(path)?);
+            let manifests = Manifests::load(path)?;
+            allowed.extend(manifests.measurements);
+            for processor in Processor::ALL {
+                floors.raise(Some(processor), manifests.min_tcb.get(processor));
+            }
         }
         let given = !self.measurement.is_empty() || !self.manifest.is_empty();
         Ok(Policy {
@@ -104,14 +111,29 @@ impl Args {
             allow_migration_agent: self.allow_migration_agent,
             allow_masked_chip_id: self.allow_masked_chip_id,
             min_tcb: self.min_tcb.unwrap_or_default(),
+            min_tcb_per_cpu: floors,
             allowed_vmpls: if self.vmpl.is_empty() {
                 vec![0]
             } else {
                 self.vmpl.clone()
             },
             measurements: given.then_some(allowed),
+            measurements_source: self.measurements_source(),
             report_data: self.report_data,
         })
+    }
+
+    /// Names the flags the allowed digests came from, for a refusal.
+    fn measurements_source(&self) -> String {
+        let mut parts: Vec<String> = self
+            .manifest
+            .iter()
+            .map(|p| format!("--manifest {}", p.display()))
+            .collect();
+        if !self.measurement.is_empty() {
+            parts.push(format!("{} --measurement flags", self.measurement.len()));
+        }
+        parts.join(" and ")
     }
 
     fn verify(&self) -> Result<std::result::Result<Verified, VerifyError>> {
@@ -176,6 +198,7 @@ fn skipped_checks(v: &Verified) -> Vec<&'static str> {
     let s = v.skipped;
     [
         (s.measurement, "measurement"),
+        (s.min_tcb, "minimum-tcb"),
         (s.report_data, "report-data"),
         (s.chip_id, "chip-id"),
     ]

@@ -73,7 +73,7 @@ fn valid_report_with_supplied_chain_and_json() {
     assert_eq!(v["measurement"].as_str().unwrap().len(), 96);
     assert_eq!(
         v["not_checked"],
-        serde_json::json!(["measurement", "report-data"])
+        serde_json::json!(["measurement", "minimum-tcb", "report-data"])
     );
 }
 
@@ -155,7 +155,7 @@ fn manifest_measurements_are_allowed() {
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     assert_eq!(
         json(&out)["not_checked"],
-        serde_json::json!(["report-data"])
+        serde_json::json!(["minimum-tcb", "report-data"])
     );
 }
 

@@ -154,6 +154,30 @@ pub struct LaunchDigestEntry {
     pub digest: String,
 }
 
+/// One entry of a manifest's `min_tcb` list: the lowest security version numbers
+/// (SVNs, "SPLs" in AMD's bulletins) a client accepts in REPORTED_TCB on one CPU
+/// generation. The generator (`xtask`) writes them from its table of AMD security
+/// bulletins; `source` names the bulletins, for a reviewer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MinTcbEntry {
+    /// The CPU generation the minimum applies to.
+    pub cpu: CpuGeneration,
+    /// FMC firmware SVN (Turin and later; absent on Milan and Genoa).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fmc: Option<u8>,
+    /// PSP boot loader SVN.
+    pub bootloader: u8,
+    /// PSP operating system (TEE) SVN.
+    pub tee: u8,
+    /// SNP firmware SVN.
+    pub snp: u8,
+    /// Microcode SVN (the low byte of the patch level on Milan and Genoa).
+    pub microcode: u8,
+    /// Where the values come from (bulletin numbers), for a reviewer.
+    #[serde(default)]
+    pub source: String,
+}
+
 /// Computes launch digests for one image, hashing the firmware only once.
 pub struct LaunchCalculator {
     boot: MeasuredBoot,

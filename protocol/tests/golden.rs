@@ -329,6 +329,10 @@ fn the_client_finishes_the_checked_in_handshake_and_opens_the_answer() {
                 prompt_tokens: 31,
                 completion_tokens: 7,
             },
+            output_hash: chrysalis_protocol::output_hash(
+                &[504, 3575, 282, 4649, 314, 7042, 30],
+                FinishReason::Stop,
+            ),
         },
         keys.signing_key(),
     );

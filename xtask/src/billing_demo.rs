@@ -164,7 +164,7 @@ async fn demo(base: &str, shim_url: &str) -> Result<()> {
     let endpoint = Endpoint::new(shim_url, None).map_err(anyhow::Error::msg)?;
     let trust = TrustOptions {
         allow_simulated: true,
-        manifests: None,
+        ..TrustOptions::default()
     };
     let mut session = Session::open(&endpoint, &trust).await?;
     let enclave_key = session.verdict().evidence.ed25519_pub;

@@ -337,7 +337,7 @@ pub fn chat_request(question: &str, max_tokens: u32) -> InferenceRequest {
 pub fn insecure_trust() -> TrustOptions {
     TrustOptions {
         allow_simulated: true,
-        manifests: None,
+        ..TrustOptions::default()
     }
 }
 

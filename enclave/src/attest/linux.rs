@@ -112,6 +112,9 @@ pub const VMM_ERR_INVALID_LEN: u32 = 1;
 pub const FIELD_GUEST_POLICY: u64 = 1 << 0;
 /// GUEST_FIELD_SELECT bit 3: mix in the launch measurement.
 pub const FIELD_MEASUREMENT: u64 = 1 << 3;
+/// GUEST_FIELD_SELECT bit 5: mix in the request's TCB_VERSION (which must not exceed
+/// the platform's COMMITTED_TCB).
+pub const FIELD_TCB_VERSION: u64 = 1 << 5;
 
 /// Offset of the report inside MSG_REPORT_RSP.
 pub const REPORT_RSP_REPORT_OFFSET: usize = 0x20;
@@ -382,12 +385,17 @@ mod tests {
     #[test]
     fn the_key_request_is_msg_key_req_byte_for_byte() {
         // MSG_KEY_REQ (Table 18): ROOT_KEY_SELECT=0 (VCEK) at 0x00, reserved at 0x04,
-        // GUEST_FIELD_SELECT at 0x08 = bits 0 (policy) and 3 (measurement), VMPL at
-        // 0x10, GUEST_SVN at 0x14, TCB_VERSION at 0x18, all little-endian.
+        // GUEST_FIELD_SELECT at 0x08 = bits 0 (policy), 3 (measurement) and 5
+        // (TCB_VERSION) = 0x29, VMPL at 0x10, GUEST_SVN at 0x14, TCB_VERSION at 0x18,
+        // all little-endian. The TCB is the real Milan report's COMMITTED_TCB.
+        let report = chrysalis_measurements::snp::fixtures::milan_report();
+        let committed = super::super::snp::committed_tcb(&report).unwrap();
         let mut recorded = [0u8; 32];
-        recorded[0x08] = 0x09;
+        recorded[0x08] = 0x29;
+        recorded[0x18..0x20].copy_from_slice(&report[0x1E0..0x1E8]);
+        assert_ne!(&recorded[0x18..0x20], &[0; 8], "the fixture has a TCB");
         assert_eq!(
-            bytes_of(&super::super::snp::derived_key_request()),
+            bytes_of(&super::super::snp::derived_key_request(committed)),
             recorded
         );
     }

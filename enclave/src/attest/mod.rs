@@ -56,7 +56,8 @@ pub trait EvidenceProvider: Send + Sync {
 
     /// 32 secret bytes to derive the enclave's long-term keys from. On SNP they come
     /// from the firmware's derived-key request, bound to the chip, the launch
-    /// measurement and the guest policy, so the keys survive a reboot on one chip.
+    /// measurement, the guest policy and the committed TCB version, so the keys
+    /// survive a reboot on one chip and change with a committed firmware update.
     fn key_seed(&self) -> Result<Zeroizing<[u8; 32]>, AttestError>;
 
     /// Offers certificates from the shim (untrusted) for reports whose extended

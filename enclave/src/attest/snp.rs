@@ -4,7 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::sync::RwLock;
 use std::time::SystemTime;
 
-use chrysalis_measurements::snp::authenticate_with_certs;
+use chrysalis_measurements::snp::{authenticate_with_certs, Report};
 use zeroize::Zeroizing;
 
 use super::linux::{self, SnpDerivedKeyReq, SnpDerivedKeyResp, SnpReportReq, SnpReportResp};
@@ -37,15 +37,31 @@ pub fn check_bundle(report: &[u8], certs: &[Vec<u8>], now: SystemTime) -> Result
 }
 
 /// MSG_KEY_REQ for the enclave's key seed: rooted in the VCEK (chip-unique), mixing in
-/// the launch measurement and the guest policy, so another image or a debug policy
-/// derives another key, while a reboot of the same image on the same chip derives
-/// the same one.
-pub fn derived_key_request() -> SnpDerivedKeyReq {
+/// the launch measurement, the guest policy and the platform's TCB version
+/// (`committed_tcb`, the raw COMMITTED_TCB of one of our own reports). Another image,
+/// a debug policy, or a committed firmware or microcode update derives another key; a
+/// reboot of the same image on the same chip and firmware derives the same one.
+pub fn derived_key_request(committed_tcb: u64) -> SnpDerivedKeyReq {
     SnpDerivedKeyReq {
         root_key_select: 0,
-        guest_field_select: linux::FIELD_MEASUREMENT | linux::FIELD_GUEST_POLICY,
+        guest_field_select: linux::FIELD_MEASUREMENT
+            | linux::FIELD_GUEST_POLICY
+            | linux::FIELD_TCB_VERSION,
+        tcb_version: committed_tcb,
         ..SnpDerivedKeyReq::default()
     }
+}
+
+/// The raw COMMITTED_TCB of a report: the TCB version the key request mixes in. The
+/// firmware refuses a TCB_VERSION above COMMITTED_TCB, and the committed version only
+/// moves when the host commits a firmware update, which old firmware cannot undo.
+pub fn committed_tcb(report: &[u8]) -> Result<u64, AttestError> {
+    let report = Report::parse(report).map_err(|e| AttestError::Malformed {
+        what: "own report",
+        found: e.to_string(),
+        expected: "a report to read COMMITTED_TCB from".into(),
+    })?;
+    Ok(report.committed_tcb_raw())
 }
 
 impl SnpProvider {
@@ -162,7 +178,8 @@ impl EvidenceProvider for SnpProvider {
     }
 
     fn key_seed(&self) -> Result<Zeroizing<[u8; 32]>, AttestError> {
-        let mut req = derived_key_request();
+        let (own, _) = self.raw_report(&[0; 64])?;
+        let mut req = derived_key_request(committed_tcb(&own)?);
         let mut resp = Zeroizing::new(SnpDerivedKeyResp { data: [0; 64] });
         linux::guest_request(
             &self.device,
@@ -232,13 +249,32 @@ mod tests {
     }
 
     #[test]
-    fn the_key_request_selects_vcek_root_measurement_and_policy() {
-        let req = derived_key_request();
+    fn the_key_request_selects_vcek_root_measurement_policy_and_tcb() {
+        let report = milan_report();
+        let committed = committed_tcb(&report).unwrap();
+        let parsed = Report::parse(&report).unwrap();
+        assert_eq!(committed, parsed.committed_tcb_raw());
+        let req = derived_key_request(committed);
         assert_eq!(req.root_key_select, 0, "VCEK root: chip-unique");
         assert_eq!(
-            req.guest_field_select, 0b1001,
-            "bits 0 (policy) and 3 (measurement)"
+            req.guest_field_select, 0b10_1001,
+            "bits 0 (policy), 3 (measurement) and 5 (TCB version)"
         );
-        assert_eq!((req.vmpl, req.guest_svn, req.tcb_version), (0, 0, 0));
+        assert_eq!((req.vmpl, req.guest_svn), (0, 0));
+        assert_eq!(req.tcb_version, committed);
+    }
+
+    #[test]
+    fn a_firmware_update_changes_the_key_request() {
+        let report = milan_report();
+        let mut updated = report.clone();
+        // One SVN more in COMMITTED_TCB's SNP byte (Milan layout: byte 6).
+        updated[0x1E0 + 6] = updated[0x1E0 + 6].wrapping_add(1);
+        let before = derived_key_request(committed_tcb(&report).unwrap());
+        let after = derived_key_request(committed_tcb(&updated).unwrap());
+        assert_eq!(before.guest_field_select, after.guest_field_select);
+        assert_ne!(before.tcb_version, after.tcb_version);
+        let err = committed_tcb(&report[..100]).unwrap_err();
+        assert!(err.to_string().contains("COMMITTED_TCB"), "{err}");
     }
 }

@@ -205,8 +205,10 @@ pub enum VerifyError {
         policy: u64,
     },
     /// A component of REPORTED_TCB is below the policy's minimum.
-    #[error("minimum TCB check failed: REPORTED_TCB has {component} SVN {found}, expected at least {minimum}")]
+    #[error("minimum TCB check failed: this {processor} report's REPORTED_TCB has {component} SVN {found}, expected at least {minimum}")]
     TcbBelowMinimum {
+        /// The report's generation (whose minimum applied).
+        processor: Processor,
         /// TCB component.
         component: TcbComponent,
         /// SVN in REPORTED_TCB.
@@ -225,13 +227,19 @@ pub enum VerifyError {
         allowed: Vec<u32>,
     },
     /// The launch measurement is not in the allow-list.
-    #[error("measurement check failed: found launch measurement {found}, expected one of the {allowed} allowed digests{hint}")]
+    #[error("measurement check failed: launch measurement {found} ({processor}; the vCPU count is not in the report) is not one of the {allowed} allowed digests from {origin}; {for_processor}{hint}")]
     MeasurementNotAllowed {
         /// MEASUREMENT (hex).
         found: String,
+        /// The report's generation.
+        processor: Processor,
         /// Number of allowed digests.
         allowed: usize,
-        /// First allowed digest when there is exactly one, for the message.
+        /// How many allowed digests are for this generation, and for which vCPU counts.
+        for_processor: String,
+        /// Where the allowed list came from.
+        origin: String,
+        /// The allowed digest when there is exactly one, for the message.
         hint: String,
     },
     /// REPORT_DATA is not the expected binding.

@@ -6,13 +6,9 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
-
 use crate::snp::error::VerifyError;
-use crate::snp::report::TcbComponent;
-
-/// Most bytes read from one manifest file; the published ones are a few KiB.
-const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+pub use crate::snp::manifests::{Manifests, TcbFloors};
+use crate::snp::report::{Processor, TcbComponent};
 
 /// Minimum security version numbers; a component left `None` is not checked.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -30,6 +26,33 @@ pub struct MinTcb {
 }
 
 impl MinTcb {
+    /// The components in the order they are checked and printed.
+    const COMPONENTS: [TcbComponent; 5] = [
+        TcbComponent::Fmc,
+        TcbComponent::Bootloader,
+        TcbComponent::Tee,
+        TcbComponent::Snp,
+        TcbComponent::Microcode,
+    ];
+
+    /// The component-wise maximum of two minimums: the stricter of each.
+    pub fn raise(self, other: MinTcb) -> MinTcb {
+        MinTcb {
+            fmc: self.fmc.max(other.fmc),
+            bootloader: self.bootloader.max(other.bootloader),
+            tee: self.tee.max(other.tee),
+            snp: self.snp.max(other.snp),
+            microcode: self.microcode.max(other.microcode),
+        }
+    }
+
+    /// True when no component asks for more than zero: checking it proves nothing.
+    pub fn is_zero(&self) -> bool {
+        Self::COMPONENTS
+            .into_iter()
+            .all(|c| self.get(c).unwrap_or(0) == 0)
+    }
+
     /// The minimum for one component.
     pub fn get(&self, component: TcbComponent) -> Option<u8> {
         match component {
@@ -70,6 +93,20 @@ impl MinTcb {
     }
 }
 
+impl std::fmt::Display for MinTcb {
+    /// `snp>=27, microcode>=219`: the nonzero components, or `none` when all are zero.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = Self::COMPONENTS
+            .into_iter()
+            .filter_map(|c| self.get(c).filter(|&v| v > 0).map(|v| format!("{c}>={v}")))
+            .collect();
+        if parts.is_empty() {
+            return f.write_str("none");
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
 /// One allowed launch measurement, with where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowedMeasurement {
@@ -103,73 +140,16 @@ pub fn parse_hex_array<const N: usize>(text: &str) -> Result<[u8; N], String> {
         .map_err(|_| format!("found {len} bytes of hex, expected {N}"))
 }
 
-#[derive(Deserialize)]
-struct ManifestFile {
-    snp_launch_digests: Vec<ManifestDigest>,
-}
-
-#[derive(Deserialize)]
-struct ManifestDigest {
-    digest: String,
-    #[serde(default)]
-    vcpus: Option<u32>,
-    #[serde(default)]
-    cpu: Option<String>,
-}
-
 /// Reads the allowed launch digests from one manifest (JSON text). Extra fields
-/// anywhere are ignored.
+/// anywhere are ignored. See [`Manifests`] for the minimum TCB and the origin too.
 pub fn parse_manifest(json: &str, origin: &str) -> Result<Vec<AllowedMeasurement>, VerifyError> {
-    let err = |reason: String| VerifyError::Manifest {
-        path: origin.to_string(),
-        reason,
-    };
-    let file: ManifestFile = serde_json::from_str(json).map_err(|e| err(e.to_string()))?;
-    file.snp_launch_digests
-        .into_iter()
-        .map(|d| {
-            Ok(AllowedMeasurement {
-                digest: parse_hex_array(&d.digest).map_err(err)?,
-                vcpus: d.vcpus,
-                cpu: d.cpu,
-            })
-        })
-        .collect()
+    Ok(crate::snp::manifests::parse_one(json, origin)?.measurements)
 }
 
 /// Reads allowed launch digests from a manifest file, or from every `*.json` file in
 /// a directory (such as `measurements/published/`), sorted by name.
 pub fn load_manifests(path: &Path) -> Result<Vec<AllowedMeasurement>, VerifyError> {
-    let io_err = |p: &Path, e: std::io::Error| VerifyError::Manifest {
-        path: p.display().to_string(),
-        reason: e.to_string(),
-    };
-    let files = if path.is_dir() {
-        let mut files: Vec<_> = std::fs::read_dir(path)
-            .map_err(|e| io_err(path, e))?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|ext| ext == "json"))
-            .collect();
-        files.sort();
-        files
-    } else {
-        vec![path.to_path_buf()]
-    };
-    let mut all = Vec::new();
-    for file in files {
-        let len = std::fs::metadata(&file)
-            .map_err(|e| io_err(&file, e))?
-            .len();
-        if len > MAX_MANIFEST_BYTES {
-            return Err(VerifyError::Manifest {
-                path: file.display().to_string(),
-                reason: format!("file is {len} bytes, more than the {MAX_MANIFEST_BYTES} allowed"),
-            });
-        }
-        let text = std::fs::read_to_string(&file).map_err(|e| io_err(&file, e))?;
-        all.extend(parse_manifest(&text, &file.display().to_string())?);
-    }
-    Ok(all)
+    Ok(Manifests::load(path)?.measurements)
 }
 
 /// The reference values a report is compared against.
@@ -187,12 +167,18 @@ pub struct Policy {
     /// Accept a VCEK-signed report whose CHIP_ID is masked (the hwID cannot be
     /// compared then).
     pub allow_masked_chip_id: bool,
-    /// Minimum REPORTED_TCB.
+    /// Minimum REPORTED_TCB on every generation (e.g. `verify-report --min-tcb`).
     pub min_tcb: MinTcb,
+    /// Minimum REPORTED_TCB per generation (from the manifests); the report's own
+    /// generation's entry is raised by `min_tcb` and then enforced.
+    pub min_tcb_per_cpu: TcbFloors,
     /// VMPLs the report may come from.
     pub allowed_vmpls: Vec<u32>,
     /// Allowed launch measurements; `None` skips the check.
     pub measurements: Option<Vec<AllowedMeasurement>>,
+    /// Where `measurements` came from ("the built-in manifests (smollm2-135m.json)"),
+    /// named when a measurement is refused; empty when unknown.
+    pub measurements_source: String,
     /// The exact REPORT_DATA expected; `None` skips the check.
     pub report_data: Option<[u8; 64]>,
 }
@@ -204,14 +190,22 @@ impl Default for Policy {
             allow_migration_agent: false,
             allow_masked_chip_id: false,
             min_tcb: MinTcb::default(),
+            min_tcb_per_cpu: TcbFloors::default(),
             allowed_vmpls: vec![0],
             measurements: None,
+            measurements_source: String::new(),
             report_data: None,
         }
     }
 }
 
 impl Policy {
+    /// The minimum TCB enforced on a report of `processor`: that generation's entry of
+    /// `min_tcb_per_cpu`, raised by `min_tcb`.
+    pub fn min_tcb_for(&self, processor: Processor) -> MinTcb {
+        self.min_tcb_per_cpu.get(processor).raise(self.min_tcb)
+    }
+
     /// The policy a client uses before opening a session: strict defaults, the
     /// published launch measurements and the REPORT_DATA it computed (with its nonce).
     pub fn for_session(measurements: Vec<AllowedMeasurement>, report_data: [u8; 64]) -> Self {

@@ -15,6 +15,7 @@ pub mod expect;
 pub mod extract;
 #[cfg(feature = "fixtures")]
 pub mod fixtures;
+pub mod manifests;
 pub mod report;
 
 use std::sync::Mutex;
@@ -26,6 +27,7 @@ pub use compare::Skipped;
 pub use error::{CertRole, VerifyError};
 pub use expect::{AllowedMeasurement, MinTcb, Policy};
 pub use extract::{AuthenticReport, ChipBinding, EndorsementKey};
+pub use manifests::{ManifestSource, Manifests, MinTcbSpec, TcbFloors};
 pub use report::{GuestPolicy, Processor, Report, SigningKey, Tcb};
 
 use certs::CaChain;

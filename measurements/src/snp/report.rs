@@ -542,6 +542,12 @@ impl Report {
         Tcb::decode(self.u64_at(offset::CURRENT_TCB), processor)
     }
 
+    /// COMMITTED_TCB, raw: the anti-rollback floor of the platform's firmware, and the
+    /// highest TCB_VERSION a guest may mix into a derived key.
+    pub fn committed_tcb_raw(&self) -> u64 {
+        self.u64_at(offset::COMMITTED_TCB)
+    }
+
     /// COMMITTED_TCB decoded for a generation.
     pub fn committed_tcb(&self, processor: Processor) -> Tcb {
         Tcb::decode(self.u64_at(offset::COMMITTED_TCB), processor)

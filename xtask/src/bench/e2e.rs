@@ -118,7 +118,7 @@ pub fn run(args: &E2eArgs) -> anyhow::Result<()> {
 fn trust() -> TrustOptions {
     TrustOptions {
         allow_simulated: true,
-        manifests: None,
+        ..TrustOptions::default()
     }
 }
 

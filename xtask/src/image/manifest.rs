@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::Context;
-use chrysalis_measurements::launch::{self, LaunchDigestEntry, MeasuredBoot};
+use chrysalis_measurements::launch::{
+    self, CpuGeneration, LaunchDigestEntry, MeasuredBoot, MinTcbEntry,
+};
 use serde::{Deserialize, Serialize};
 
 use super::kernel::Module;
@@ -35,6 +37,9 @@ pub struct Manifest {
     pub guest_features: String,
     /// Launch digests for the published vCPU counts and CPU generations.
     pub snp_launch_digests: Vec<LaunchDigestEntry>,
+    /// The lowest REPORTED_TCB a client accepts, per CPU generation ([`min_tcb_table`]).
+    #[serde(default)]
+    pub min_tcb: Vec<MinTcbEntry>,
     /// Token prices in the measured configuration.
     #[serde(default)]
     pub prices: super::ImagePrices,
@@ -70,6 +75,61 @@ pub struct Inputs {
     /// from it): a reviewer checks that commit out before `verify-image`.
     #[serde(default)]
     pub source_commit: String,
+}
+
+/// The minimum TCB per CPU generation that every published manifest carries, from
+/// AMD's security bulletins (docs/attestation.md, "Minimum TCB", has the same table and
+/// says how each value was obtained). Bootloader, TEE and FMC stay 0 (not constrained):
+/// no bulletin found names a value for them.
+pub fn min_tcb_table() -> Vec<MinTcbEntry> {
+    vec![
+        MinTcbEntry {
+            cpu: CpuGeneration::Milan,
+            fmc: None,
+            bootloader: 0,
+            tee: 0,
+            // AMD-SB-3023 (CVE-2025-48514): SNP firmware SVN 0x1B on Zen 3 and Zen 4, as
+            // Linux's drivers/crypto/ccp/sev-dev.c (commit 4b28f0846ef6, "Documented in
+            // AMD-SB-3023") checks it.
+            snp: 0x1B,
+            // AMD-SB-3019 / AMD-SB-7033 (CVE-2024-56161, CVE-2024-36347, "EntrySign"):
+            // Milan B1 microcode patch 0x0A0011DB; the SVN is the patch's low byte.
+            microcode: 0xDB,
+            source: "snp: AMD-SB-3023 (SNP SVN 0x1B); microcode: AMD-SB-3019/AMD-SB-7033 \
+                     (patch 0x0A0011DB); bootloader, tee: no bulletin value"
+                .into(),
+        },
+        MinTcbEntry {
+            cpu: CpuGeneration::Genoa,
+            fmc: None,
+            bootloader: 0,
+            tee: 0,
+            // AMD-SB-3020 (CVE-2025-0033, RMP initialisation): SNP SPL 0x1B; the same
+            // value is AMD-SB-3023's Zen 4 threshold in Linux's sev-dev.c.
+            snp: 0x1B,
+            // AMD-SB-3020 (patch 0x0A101156) and AMD-SB-3027 (CVE-2025-29943): Genoa B1
+            // TCB[MICROCODE] >= 0x56. (AMD-SB-3019 asked for 0x54.)
+            microcode: 0x56,
+            source: "snp: AMD-SB-3020/AMD-SB-3023 (SNP SPL 0x1B); microcode: AMD-SB-3020/\
+                     AMD-SB-3027 (0x56, patch 0x0A101156); bootloader, tee: no bulletin value"
+                .into(),
+        },
+        MinTcbEntry {
+            cpu: CpuGeneration::Turin,
+            fmc: Some(0),
+            bootloader: 0,
+            tee: 0,
+            // AMD-SB-3020: Turin SNP SPL 0x04; AMD-SB-3023's Zen 5 threshold in Linux's
+            // sev-dev.c is the same 0x4.
+            snp: 0x04,
+            // AMD-SB-3027 (CVE-2025-29943): Turin TCB[MICROCODE] >= 0x51 (AMD-SB-3020
+            // asked for patch 0x0B002150).
+            microcode: 0x51,
+            source: "snp: AMD-SB-3020/AMD-SB-3023 (SNP SPL 0x04); microcode: AMD-SB-3027 \
+                     (0x51); fmc, bootloader, tee: no bulletin value"
+                .into(),
+        },
+    ]
 }
 
 /// `git rev-parse HEAD` of `root`, with `+dirty` when tracked files are modified.
@@ -185,6 +245,7 @@ impl Manifest {
             },
             guest_features: format!("{:#x}", launch::QEMU_DEFAULT_GUEST_FEATURES),
             snp_launch_digests: digests,
+            min_tcb: min_tcb_table(),
             prices: facts.prices,
         })
     }
@@ -397,7 +458,6 @@ fn rustc_version(root: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrysalis_measurements::launch::CpuGeneration;
 
     fn sample() -> Manifest {
         Manifest {
@@ -427,6 +487,7 @@ mod tests {
                 cpu: CpuGeneration::Milan,
                 digest: "dd".into(),
             }],
+            min_tcb: min_tcb_table(),
             prices: super::super::ImagePrices::default(),
         }
     }
@@ -532,5 +593,32 @@ mod tests {
         assert_eq!(entry["vcpus"], 1);
         assert_eq!(entry["cpu"], "milan");
         assert_eq!(entry["digest"], "dd");
+    }
+
+    #[test]
+    fn the_minimum_tcb_covers_every_generation_and_asks_for_fixed_firmware() {
+        let table = min_tcb_table();
+        let cpus: Vec<CpuGeneration> = table.iter().map(|e| e.cpu).collect();
+        assert_eq!(cpus, CpuGeneration::ALL);
+        for entry in &table {
+            assert!(entry.snp > 0 && entry.microcode > 0, "{entry:?}");
+            assert!(entry.source.contains("AMD-SB-"), "{entry:?}");
+            assert_eq!(entry.fmc.is_some(), entry.cpu == CpuGeneration::Turin);
+        }
+        let json = serde_json::to_value(sample()).unwrap();
+        assert_eq!(json["min_tcb"][0]["cpu"], "milan");
+        assert!(
+            json["min_tcb"][0].get("fmc").is_none(),
+            "no FMC before Turin"
+        );
+    }
+
+    #[test]
+    fn the_published_manifest_carries_the_table() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../measurements/published");
+        for entry in std::fs::read_dir(path).unwrap() {
+            let published = Manifest::read(&entry.unwrap().path()).unwrap();
+            assert_eq!(published.min_tcb, min_tcb_table());
+        }
     }
 }
