@@ -15,6 +15,7 @@ use crate::remote::{runtime, Remote};
 ///   - REPORTED_TCB must meet those manifests' minimum for the report's CPU generation
 ///     (Milan, Genoa, Turin), raised by --min-tcb;
 ///   - REPORT_DATA must bind the enclave's keys, the model root and our nonce.
+///
 /// The verdict lists only the checks that ran.
 ///
 /// INSECURE options, each marking every output INSECURE:

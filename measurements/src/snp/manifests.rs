@@ -333,11 +333,9 @@ mod tests {
         let a = format!(
             r#"{{"snp_launch_digests":[{{"digest":"{d}"}}],"min_tcb":[{{"cpu":"milan","bootloader":1,"tee":0,"snp":20,"microcode":200}}]}}"#
         );
-        let b = format!(
-            r#"{{"snp_launch_digests":[],"min_tcb":[{{"cpu":"milan","bootloader":3,"tee":0,"snp":10,"microcode":210}}]}}"#
-        );
+        let b = r#"{"snp_launch_digests":[],"min_tcb":[{"cpu":"milan","bootloader":3,"tee":0,"snp":10,"microcode":210}]}"#;
         let m = Manifests::from_texts(
-            [("a".to_string(), a.as_str()), ("b".to_string(), b.as_str())],
+            [("a".to_string(), a.as_str()), ("b".to_string(), b)],
             ManifestSource::BuiltIn(vec!["a".into(), "b".into()]),
         )
         .unwrap();
