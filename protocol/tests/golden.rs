@@ -20,9 +20,9 @@ use std::path::PathBuf;
 
 use chrysalis_protocol::{
     accept_signing_bytes, session_keys, transcript_hash, ChatMessage, ErrorCode, ErrorMessage,
-    EvidenceRequest, FinishReason, Frame, FrameDecoder, InferenceRequest, PlainMessage, Prompt,
-    Receipt, ResponseEnd, Role, SamplingParams, SealedChannel, SealedMessage, Signable, Signed,
-    StreamChunk, Usage, WireMessage,
+    Evidence, EvidenceRequest, FinishReason, Frame, FrameDecoder, InferenceRequest, PlainMessage,
+    Prompt, Receipt, ResponseEnd, Role, SamplingParams, SealedChannel, SealedMessage, Signable,
+    Signed, StreamChunk, Usage, WireMessage,
 };
 use common::{
     client_start, enclave_keys, evidence, server_accept, FixedRng, CLIENT_SEED, SERVER_SEED,
@@ -78,6 +78,25 @@ fn server_messages(receipt: Signed<Receipt>) -> Vec<SealedMessage> {
             receipt,
         }),
     ]
+}
+
+/// The receipt the golden transcript's `sealed_end` carries: for `request()`, with the
+/// usage and the output (ids and finish reason) that `server_messages` delivers.
+fn golden_receipt(evidence: &Evidence) -> Receipt {
+    Receipt {
+        request_id: request().request_id,
+        evidence_hash: evidence.hash(),
+        model_root: evidence.model_root,
+        request_hash: request().hash(),
+        usage: Usage {
+            prompt_tokens: 31,
+            completion_tokens: 7,
+        },
+        output_hash: chrysalis_protocol::output_hash(
+            &[504, 3575, 282, 4649, 314, 7042, 30],
+            FinishReason::Stop,
+        ),
+    }
 }
 
 /// Builds the whole transcript as (name, bytes) lines.
@@ -170,21 +189,7 @@ fn transcript() -> Vec<(&'static str, Vec<u8>)> {
             .seal_message(&SealedMessage::Request(request.clone()))
             .unwrap(),
     ));
-    let receipt = Receipt {
-        request_id: request.request_id,
-        evidence_hash: evidence.hash(),
-        model_root: evidence.model_root,
-        request_hash: request.hash(),
-        usage: Usage {
-            prompt_tokens: 31,
-            completion_tokens: 7,
-        },
-        // The ids and finish reason `server_messages` delivers.
-        output_hash: chrysalis_protocol::output_hash(
-            &[504, 3575, 282, 4649, 314, 7042, 30],
-            FinishReason::Stop,
-        ),
-    };
+    let receipt = golden_receipt(&evidence);
     lines.push(("output_hash", receipt.output_hash.to_vec()));
     lines.push(("receipt_signing_bytes", receipt.signing_bytes()));
     let signed = Signed::sign(receipt, keys.signing_key());
@@ -319,23 +324,7 @@ fn the_client_finishes_the_checked_in_handshake_and_opens_the_answer() {
         .collect();
     let keys = enclave_keys();
     let evidence = evidence(&keys);
-    let receipt = Signed::sign(
-        Receipt {
-            request_id: request().request_id,
-            evidence_hash: evidence.hash(),
-            model_root: evidence.model_root,
-            request_hash: request().hash(),
-            usage: Usage {
-                prompt_tokens: 31,
-                completion_tokens: 7,
-            },
-            output_hash: chrysalis_protocol::output_hash(
-                &[504, 3575, 282, 4649, 314, 7042, 30],
-                FinishReason::Stop,
-            ),
-        },
-        keys.signing_key(),
-    );
+    let receipt = Signed::sign(golden_receipt(&evidence), keys.signing_key());
     assert_eq!(opened, server_messages(receipt));
 }
 
