@@ -93,6 +93,8 @@ pub struct ServeConfig {
 /// (`docs/protocol.md`, rate limits).
 struct IssuedEvidence {
     entries: VecDeque<([u8; 32], Instant)>,
+    /// Slots admitted whose report is still being produced (outside the lock).
+    reserved: usize,
     /// Evidence requests allowed now (fractional tokens), refilled at [`Self::RATE`].
     tokens: f64,
     refilled: Instant,
@@ -141,6 +143,7 @@ impl IssuedEvidence {
     fn new(now: Instant) -> Self {
         Self {
             entries: VecDeque::new(),
+            reserved: 0,
             tokens: Self::BURST,
             refilled: now,
         }
@@ -150,7 +153,7 @@ impl IssuedEvidence {
     fn admit(&mut self, now: Instant) -> Result<(), EvidenceRefusal> {
         self.entries
             .retain(|(_, t)| now.duration_since(*t) < Self::TTL);
-        if self.entries.len() >= Self::CAPACITY {
+        if self.entries.len() + self.reserved >= Self::CAPACITY {
             let oldest = self.entries.front().map_or(now, |(_, t)| *t);
             return Err(EvidenceRefusal::Full(
                 (oldest + Self::TTL).saturating_duration_since(now),
@@ -165,12 +168,19 @@ impl IssuedEvidence {
             )));
         }
         self.tokens -= 1.0;
+        self.reserved += 1;
         Ok(())
     }
 
-    /// Records evidence handed out at `now` (after [`Self::admit`]).
+    /// Records evidence handed out at `now`, filling a slot [`Self::admit`] reserved.
     fn insert(&mut self, hash: [u8; 32], now: Instant) {
+        self.reserved = self.reserved.saturating_sub(1);
         self.entries.push_back((hash, now));
+    }
+
+    /// Gives back a slot [`Self::admit`] reserved when no evidence came of it.
+    fn release(&mut self) {
+        self.reserved = self.reserved.saturating_sub(1);
     }
 
     /// Takes the entry for `hash` if it is pending and unexpired.
@@ -201,19 +211,28 @@ impl Server {
     /// `Overloaded` when too much evidence is pending or asked for too fast.
     fn evidence_for(&self, nonce: &[u8; 32]) -> Result<Evidence, (ErrorCode, String)> {
         let internal = |why: String| (ErrorCode::Internal, why);
-        let mut issued = self
-            .issued
-            .lock()
-            .map_err(|_| internal("evidence store poisoned".to_owned()))?;
-        issued
+        let store = || {
+            self.issued
+                .lock()
+                .map_err(|_| internal("evidence store poisoned".to_owned()))
+        };
+        store()?
             .admit(Instant::now())
             .map_err(|why| (ErrorCode::Overloaded, why.to_string()))?;
-        let evidence = self
-            .identity
-            .evidence(self.evidence.as_ref(), nonce)
-            .map_err(|e| internal(e.to_string()))?;
-        issued.insert(evidence.hash(), Instant::now());
-        Ok(evidence)
+        // The report takes the secure processor a while: produce it with the store
+        // unlocked, so concurrent requests and session-opens do not queue behind it.
+        let produced = self.identity.evidence(self.evidence.as_ref(), nonce);
+        let mut issued = store()?;
+        match produced {
+            Ok(evidence) => {
+                issued.insert(evidence.hash(), Instant::now());
+                Ok(evidence)
+            }
+            Err(e) => {
+                issued.release();
+                Err(internal(e.to_string()))
+            }
+        }
     }
 
     /// A certificate bundle from the shim: kept only if it verifies our own report.
@@ -406,6 +425,24 @@ mod tests {
         );
         // One slot is free again.
         assert_eq!(store.admit(later), Ok(()));
+    }
+
+    #[test]
+    fn evidence_in_production_holds_its_slot_until_inserted_or_released() {
+        let t0 = Instant::now();
+        let mut store = IssuedEvidence::new(t0);
+        fill(&mut store, IssuedEvidence::CAPACITY - 1, t0);
+        assert_eq!(store.admit(t0), Ok(()), "the last slot is reserved");
+        assert!(
+            matches!(store.admit(t0), Err(EvidenceRefusal::Full(_))),
+            "a reserved slot counts as taken while the report is produced"
+        );
+        store.release();
+        assert_eq!(store.admit(t0), Ok(()), "a failed report gives its slot back");
+        store.insert([9; 32], t0);
+        assert_eq!(store.entries.len(), IssuedEvidence::CAPACITY);
+        assert!(matches!(store.admit(t0), Err(EvidenceRefusal::Full(_))));
+        assert!(store.take(&[9; 32], t0));
     }
 
     #[test]
