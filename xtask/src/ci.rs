@@ -41,6 +41,9 @@ pub struct Args {
 /// Runs formatting and lint checks, then every test of the workspace.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let root = workspace_root();
+    // `cargo test --workspace` relinks target/debug/xtask (other feature unification),
+    // which leaves this process's own path deleted; the image stage runs this copy.
+    let xtask = keep_own_binary(&root)?;
     if !args.no_setup {
         setup(&root)?;
     }
@@ -61,7 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let image = if args.skip_image {
         "image stage skipped (--skip-image)".to_owned()
     } else {
-        run_image_stage(&root, &mut tally)
+        run_image_stage(&root, &xtask, &mut tally)
     };
     println!(
         "xtask ci summary: {} passed, {} failed, {} ignored in {} test binaries; {image}",
@@ -75,7 +78,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// Debian packages the checks use: QEMU and e2fsprogs for the image stage, g++ for the
-/// CUDA kernel sources run on the CPU, the rest for building OVMF.
+/// CUDA kernel sources run on the CPU. OVMF needs none of the host's compilers: it is
+/// built in the pinned build root (`xtask/src/image/build_root.rs`).
 const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "e2fsprogs",
@@ -84,9 +88,6 @@ const APT_PACKAGES: &[&str] = &[
     "gcc",
     "g++",
     "make",
-    "nasm",
-    "acpica-tools",
-    "uuid-dev",
 ];
 
 /// Installs what is missing, each step a no-op when its part is present, so that a
@@ -202,15 +203,22 @@ impl Tally {
 /// manifest fails CI), then boots the default one and chats with it; with a cached OVMF
 /// also runs the launch-digest tests. Failures count as failed tests; returns the
 /// summary's clause.
-fn run_image_stage(root: &std::path::Path, tally: &mut Tally) -> String {
+/// Copies the running xtask binary to `target/ci/xtask`, so later stages can start it
+/// even after a test build replaced the original.
+fn keep_own_binary(root: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the running xtask binary")?;
+    let dir = root.join("target/ci");
+    std::fs::create_dir_all(&dir)?;
+    let copy = dir.join("xtask");
+    let partial = dir.join("xtask.partial");
+    std::fs::copy(&exe, &partial)
+        .with_context(|| format!("could not copy {} for the image stage", exe.display()))?;
+    std::fs::rename(&partial, &copy)?;
+    Ok(copy)
+}
+
+fn run_image_stage(root: &std::path::Path, xtask: &std::path::Path, tally: &mut Tally) -> String {
     let full = crate::image::firmware_is_cached(root).unwrap_or(false);
-    let xtask = match std::env::current_exe() {
-        Ok(path) => path,
-        Err(e) => {
-            tally.failed += 1;
-            return format!("image stage FAILED: cannot find the xtask binary: {e}");
-        }
-    };
     let mut steps = Vec::new();
     for (name, manifest) in published_manifests(root) {
         // The default image goes to target/image, where boot-test looks.
@@ -219,7 +227,7 @@ fn run_image_stage(root: &std::path::Path, tally: &mut Tally) -> String {
         } else {
             root.join(format!("target/image-verify-{name}"))
         };
-        let mut verify = std::process::Command::new(&xtask);
+        let mut verify = std::process::Command::new(xtask);
         verify
             .current_dir(root)
             .arg("verify-image")
@@ -231,7 +239,7 @@ fn run_image_stage(root: &std::path::Path, tally: &mut Tally) -> String {
         }
         steps.push((format!("verify-image {}", manifest.display()), verify));
     }
-    let mut boot = std::process::Command::new(&xtask);
+    let mut boot = std::process::Command::new(xtask);
     boot.current_dir(root).args(["boot-test", "--chat"]);
     steps.push(("boot-test --chat".to_owned(), boot));
     for (what, mut cmd) in steps {

@@ -45,6 +45,8 @@ enum Command {
     ReproCheck(image::ReproArgs),
     /// Write the read-only ext4 model disk the guest mounts at /models.
     ModelDisk(image::model_disk::ModelDiskArgs),
+    /// Pin the Debian build root OVMF is compiled in (rewrites image.lock's build_root).
+    LockBuildRoot(image::build_root::LockArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,5 +61,6 @@ fn main() -> anyhow::Result<()> {
         Command::BootTest(args) => image::boot::run(args),
         Command::ReproCheck(args) => image::repro::run(args),
         Command::ModelDisk(args) => image::model_disk::run(args),
+        Command::LockBuildRoot(args) => image::build_root::run_lock(args),
     }
 }

@@ -438,7 +438,11 @@ mod tests {
             "a reserved slot counts as taken while the report is produced"
         );
         store.release();
-        assert_eq!(store.admit(t0), Ok(()), "a failed report gives its slot back");
+        assert_eq!(
+            store.admit(t0),
+            Ok(()),
+            "a failed report gives its slot back"
+        );
         store.insert([9; 32], t0);
         assert_eq!(store.entries.len(), IssuedEvidence::CAPACITY);
         assert!(matches!(store.admit(t0), Err(EvidenceRefusal::Full(_))));

@@ -74,7 +74,12 @@ impl PrivateApt {
         if stamp.exists() && !refresh {
             return Ok(());
         }
-        run_checked(self.command("apt-get").arg("update"))?;
+        // apt's progress goes to stderr: stdout is for `--json` output.
+        run_checked(
+            self.command("apt-get")
+                .arg("update")
+                .stdout(std::io::stderr()),
+        )?;
         fs::write(&stamp, b"").context("could not stamp the apt lists")?;
         Ok(())
     }
@@ -97,7 +102,8 @@ impl PrivateApt {
             self.command("apt-get")
                 .current_dir(dest)
                 .arg("download")
-                .arg(format!("{package}={version}")),
+                .arg(format!("{package}={version}"))
+                .stdout(std::io::stderr()),
         )?;
         verify_file(&path, &pin.sha256)?;
         Ok(path)
@@ -142,6 +148,53 @@ impl PrivateApt {
             }
         }
         Ok(files.iter().map(|f| dest.join(&f.file)).collect())
+    }
+
+    /// `(uri, file name)` of every binary package a fresh system needs for `roots`, in
+    /// apt's unpack order, each downloaded into `archives` (named as in the URI) and
+    /// checked by apt against the suite's signed index. apt resolves against an empty
+    /// package database, so the closure includes every dependency, not only those this
+    /// host lacks. Recommends are left out.
+    pub fn download_closure(
+        &self,
+        roots: &[String],
+        archives: &Path,
+    ) -> anyhow::Result<Vec<(String, String)>> {
+        let empty = self.dir.join("state/empty-status");
+        fs::write(&empty, b"").context("could not write an empty dpkg status")?;
+        fs::create_dir_all(archives.join("partial"))?;
+        // --print-uris leaves out what the archive cache holds: list against an empty
+        // one first, then download into `archives`.
+        let listing = self.dir.join("cache/closure-listing");
+        fs::create_dir_all(listing.join("partial"))?;
+        let install = |cache: &Path, extra: &[&str]| {
+            let mut cmd = self.command("apt-get");
+            cmd.arg("-o")
+                .arg(format!("Dir::State::status={}", empty.display()))
+                .arg("-o")
+                .arg(format!("Dir::Cache::archives={}/", cache.display()))
+                .args(["install", "--no-install-recommends", "-qq"])
+                .args(extra)
+                .args(roots);
+            cmd
+        };
+        let mut list = install(&listing, &["--print-uris"]);
+        let out = list
+            .output()
+            .with_context(|| format!("could not run `{}`", display_command(&list)))?;
+        if !out.status.success() {
+            bail!(
+                "`{}` failed: {}",
+                display_command(&list),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let uris = parse_print_uris(&String::from_utf8_lossy(&out.stdout));
+        if uris.is_empty() {
+            bail!("apt resolved no packages for {roots:?}");
+        }
+        run_checked(install(archives, &["--download-only", "-y"]).stdout(std::io::stderr()))?;
+        Ok(uris)
     }
 
     /// `(uri, file name)` of every file of a source package, from `--print-uris`.

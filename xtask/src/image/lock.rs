@@ -26,6 +26,8 @@ pub struct ImageLock {
     pub kernel: KernelPin,
     /// The edk2 source package OVMF is built from.
     pub edk2: Edk2Pin,
+    /// The pinned Debian root OVMF is compiled in (compiler, assembler, iasl, Python).
+    pub build_root: super::build_root::BuildRootPin,
     /// The Rust toolchain the enclave is built with.
     pub rust: RustPin,
 }
@@ -109,6 +111,17 @@ impl ImageLock {
             .with_context(|| format!("{} is not a valid image lock", path.display()))?;
         lock.check(root)?;
         Ok(lock)
+    }
+
+    /// Writes the lock back to the workspace root `root` (through a temporary file, so
+    /// an interrupted write leaves the old lock whole).
+    pub fn write(&self, root: &Path) -> anyhow::Result<()> {
+        let path = root.join(LOCK_FILE);
+        let tmp = root.join(format!("{LOCK_FILE}.partial"));
+        let mut text = serde_json::to_string_pretty(self)?;
+        text.push('\n');
+        fs::write(&tmp, text).with_context(|| format!("could not write {}", tmp.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("could not replace {}", path.display()))
     }
 
     fn check(&self, root: &Path) -> anyhow::Result<()> {

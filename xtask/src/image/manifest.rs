@@ -65,6 +65,11 @@ pub struct Inputs {
     pub kernel: String,
     /// edk2 source package and version.
     pub edk2: String,
+    /// The pinned Debian root OVMF was compiled in: package count and digest
+    /// ([`super::build_root::BuildRootPin::describe`]); empty in manifests from before
+    /// the build root existed (their OVMF came from the builder's own tools).
+    #[serde(default)]
+    pub ovmf_build_root: String,
     /// Rust toolchain.
     pub rust_toolchain: String,
     /// SHA-256 of `Cargo.lock`.
@@ -198,6 +203,9 @@ pub struct ImageFiles<'a> {
     pub enclave: &'a Path,
     /// The checkout, for image.lock.
     pub root: &'a Path,
+    /// The OVMF build root the checkout's image.lock pins
+    /// ([`super::build_root::BuildRootPin::describe`]).
+    pub ovmf_build_root: &'a str,
 }
 
 impl Manifest {
@@ -238,6 +246,7 @@ impl Manifest {
                     "{} {} {}",
                     lock.edk2.source, lock.edk2.version, lock.edk2.platform
                 ),
+                ovmf_build_root: lock.build_root.describe(),
                 rust_toolchain: rustc_version(facts.root),
                 cargo_lock_sha256: sha256_file(&facts.root.join("Cargo.lock"))?,
                 image_lock_sha256: sha256_file(&facts.root.join(super::lock::LOCK_FILE))?,
@@ -308,6 +317,11 @@ impl Manifest {
             &rebuilt.inputs.image_lock_sha256,
         );
         push(
+            "OVMF build root".to_owned(),
+            &self.inputs.ovmf_build_root,
+            &rebuilt.inputs.ovmf_build_root,
+        );
+        push(
             "model root".to_owned(),
             &self.model_root,
             &rebuilt.model_root,
@@ -356,6 +370,9 @@ impl Manifest {
         let mut rebuilt = self.clone();
         rebuilt.components = components;
         rebuilt.inputs.image_lock_sha256 = sha256_file(&image.root.join(super::lock::LOCK_FILE))?;
+        image
+            .ovmf_build_root
+            .clone_into(&mut rebuilt.inputs.ovmf_build_root);
         rebuilt.cmdline = fs::read_to_string(image.out.join("cmdline"))?;
         let mut report = self.compare(&rebuilt);
         // The rebuilt side's model root is the published one (verify-image builds for
@@ -476,6 +493,7 @@ mod tests {
             inputs: Inputs {
                 kernel: "k".into(),
                 edk2: "e".into(),
+                ovmf_build_root: "b".into(),
                 rust_toolchain: "r".into(),
                 cargo_lock_sha256: "c".into(),
                 image_lock_sha256: "i".into(),
@@ -551,6 +569,7 @@ mod tests {
             out: root,
             enclave: &root.join("init"),
             root,
+            ovmf_build_root: "b",
         };
         let mut published = sample();
         published.components.clear();
@@ -571,7 +590,14 @@ mod tests {
         let compared: Vec<&str> = report.items.iter().map(|i| i.item.as_str()).collect();
         assert_eq!(
             compared,
-            ["image.lock", "kernel", "initrd", "cmdline", "enclave"]
+            [
+                "image.lock",
+                "OVMF build root",
+                "kernel",
+                "initrd",
+                "cmdline",
+                "enclave"
+            ]
         );
         assert!(report.not_compared[0].contains("launch digests"));
 

@@ -7,6 +7,7 @@
 
 mod apt;
 pub mod boot;
+pub mod build_root;
 mod cpio;
 mod enclave;
 mod kernel;
@@ -143,7 +144,7 @@ pub fn run_build(args: BuildArgs) -> anyhow::Result<()> {
 /// build then takes minutes instead of a quarter of an hour).
 pub fn firmware_is_cached(root: &Path) -> anyhow::Result<bool> {
     let lock = ImageLock::load(root)?;
-    Ok(ovmf::cached(&lock, &chrysalis_home().join("cache"))?.is_some())
+    Ok(ovmf::cached(&lock, &chrysalis_home().join("cache")).is_some())
 }
 
 /// `cargo xtask verify-image`.
@@ -168,6 +169,7 @@ pub fn run_verify(args: VerifyArgs) -> anyhow::Result<()> {
             out: &built.out,
             enclave: &built.enclave,
             root: &root,
+            ovmf_build_root: &ImageLock::load(&root)?.build_root.describe(),
         })?,
     };
     report.push_fresh_model_root(&published, &chrysalis_home());
@@ -273,6 +275,7 @@ pub fn build(root: &Path, args: &BuildArgs) -> anyhow::Result<BuiltImage> {
         Some(ovmf::firmware(
             &lock,
             &tarballs,
+            &downloads.join("build-root"),
             &home.join("cache"),
             args.rebuild_ovmf,
         )?)

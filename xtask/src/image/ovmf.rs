@@ -1,12 +1,14 @@
 //! OVMF for SEV-SNP measured direct boot: `OvmfPkg/AmdSev/AmdSevX64.dsc` built from
-//! Debian's pinned edk2 source with Debian's patches, at a fixed absolute path.
+//! Debian's pinned edk2 source with Debian's patches, at a fixed absolute path, inside
+//! the pinned build root ([`super::build_root`]).
 //!
 //! Debian's packaged OVMF has no SNP kernel-hashes table, so it cannot measure a
 //! directly booted kernel; this build has one. edk2's LTO embeds source paths, so the
-//! build always runs in `image.lock`'s `build_dir`. The result is cached under
-//! `$CHRYSALIS_HOME/cache/ovmf-<inputs>/OVMF.fd`, keyed by the hash of everything that
-//! goes into it (tarball hashes, recipe, build directory, compiler and assembler
-//! versions), so CI builds it once.
+//! build always runs in `image.lock`'s `build_dir` (a path inside the build root). No
+//! host tool takes part: the compilers, assembler, iasl and Python are the root's. The
+//! result is cached under `$CHRYSALIS_HOME/cache/ovmf-<inputs>/OVMF.fd`, keyed by the
+//! hash of everything that goes into it (tarball hashes, recipe, build directory, the
+//! build root's digest), so CI builds it once.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,19 +16,20 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
+use super::build_root;
 use super::lock::{sha256_hex, ImageLock};
 use crate::util::run_checked;
 
 /// Bump when the steps below change: it is part of the cache key.
 const RECIPE: &str =
-    "chrysalis-ovmf-recipe-1: strip 1, debian/patches/series -p1, empty Grub/grub.efi, \
-                      make -C BaseTools, build -n 2 -t GCC5 -a X64 -b RELEASE";
+    "chrysalis-ovmf-recipe-2: strip 1, debian/patches/series -p1, empty Grub/grub.efi, \
+     chroot build root, make -C BaseTools -j2, build -n 2 -t GCC5 -a X64 -b RELEASE";
 
 /// Where the build writes the firmware, relative to the build directory.
 const OUTPUT: &str = "Build/AmdSev/RELEASE_GCC5/FV/OVMF.fd";
 
 /// The cache key: SHA-256 over every input of the firmware build.
-pub fn input_hash(lock: &ImageLock) -> anyhow::Result<String> {
+pub fn input_hash(lock: &ImageLock) -> String {
     let mut inputs = vec![
         RECIPE.to_owned(),
         lock.edk2.platform.clone(),
@@ -38,23 +41,8 @@ pub fn input_hash(lock: &ImageLock) -> anyhow::Result<String> {
             .iter()
             .map(|f| format!("{} {}", f.file, f.sha256)),
     );
-    inputs.push(tool_version("gcc", "--version")?);
-    inputs.push(tool_version("nasm", "-v")?);
-    inputs.push(tool_version("iasl", "-v")?);
-    Ok(sha256_hex(inputs.join("\n").as_bytes()))
-}
-
-/// The first line that names a version, from `program flag`.
-fn tool_version(program: &str, flag: &str) -> anyhow::Result<String> {
-    let out = Command::new(program).arg(flag).output().with_context(|| {
-        format!("could not run {program}: the OVMF build needs gcc, make, nasm, acpica-tools (iasl), uuid-dev and python3 (apt-get install)")
-    })?;
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    text.lines()
-        .find(|l| l.to_lowercase().contains("version") || l.contains(program))
-        .map(|l| l.trim().to_owned())
-        .with_context(|| format!("{program} {flag} printed no version"))
+    inputs.push(format!("build root {}", lock.build_root.digest()));
+    sha256_hex(inputs.join("\n").as_bytes())
 }
 
 /// Where the firmware built from inputs `key` is cached.
@@ -65,25 +53,33 @@ fn cache_path(cache: &Path, key: &str) -> PathBuf {
 }
 
 /// The cached firmware for `lock`, when one was built before.
-pub fn cached(lock: &ImageLock, cache: &Path) -> anyhow::Result<Option<PathBuf>> {
-    let path = cache_path(cache, &input_hash(lock)?);
-    Ok(path.is_file().then_some(path))
+pub fn cached(lock: &ImageLock, cache: &Path) -> Option<PathBuf> {
+    let path = cache_path(cache, &input_hash(lock));
+    path.is_file().then_some(path)
 }
 
 /// Returns the cached firmware for `lock`, building it first when `rebuild` or absent.
+/// `downloads` keeps the build root's packages between builds.
 pub fn firmware(
     lock: &ImageLock,
     tarballs: &[PathBuf],
+    downloads: &Path,
     cache: &Path,
     rebuild: bool,
 ) -> anyhow::Result<PathBuf> {
-    let key = input_hash(lock)?;
+    let key = input_hash(lock);
     let cached = cache_path(cache, &key);
     if cached.exists() && !rebuild {
         eprintln!("OVMF: cached at {}", cached.display());
         return Ok(cached);
     }
-    let build_dir = Path::new(&lock.edk2.build_dir);
+    let root = build_root::assemble(&lock.build_root, downloads, cache)?;
+    let inside = lock
+        .edk2
+        .build_dir
+        .strip_prefix('/')
+        .context("image.lock's edk2 build_dir must be absolute")?;
+    let build_dir = &root.join(inside);
     let stamp = build_dir.join(".chrysalis-inputs");
     let built_here = fs::read_to_string(&stamp).ok().as_deref() == Some(key.as_str())
         && build_dir.join(OUTPUT).exists();
@@ -93,7 +89,7 @@ pub fn firmware(
             build_dir.display()
         );
         prepare_tree(build_dir, tarballs)?;
-        build(build_dir, lock)?;
+        build(&root, build_dir, lock)?;
         fs::write(&stamp, &key)?;
     }
     let dir = cached.parent().context("cache path has a parent")?;
@@ -154,21 +150,20 @@ fn prepare_tree(build_dir: &Path, tarballs: &[PathBuf]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build(build_dir: &Path, lock: &ImageLock) -> anyhow::Result<()> {
-    run_checked(
-        Command::new("nice")
-            .args(["-n", "19", "make", "-C", "BaseTools", "-j2"])
-            .current_dir(build_dir),
-    )?;
+/// Builds BaseTools, then the platform, inside the build root `root`.
+fn build(root: &Path, build_dir: &Path, lock: &ImageLock) -> anyhow::Result<()> {
     let script = format!(
-        "set -e; source ./edksetup.sh; build -n 2 -t GCC5 -a X64 -b RELEASE -p {}",
-        lock.edk2.platform
+        "set -e; cd {dir}; make -C BaseTools -j2; source ./edksetup.sh; \
+         build -n 2 -t GCC5 -a X64 -b RELEASE -p {platform}",
+        dir = lock.edk2.build_dir,
+        platform = lock.edk2.platform
     );
-    run_checked(
-        Command::new("nice")
-            .args(["-n", "19", "bash", "-c", &script])
-            .current_dir(build_dir),
-    )?;
+    run_checked(&mut build_root::chroot_command(
+        root,
+        &script,
+        lock.rust.source_date_epoch,
+    ))
+    .context("the OVMF build in the pinned build root failed (running chroot needs root)")?;
     let out = build_dir.join(OUTPUT);
     if !out.exists() {
         bail!("the edk2 build finished but wrote no {}", out.display());

@@ -1,18 +1,20 @@
 //! `cargo xtask repro-check`: two clones of the repository at different paths, each
 //! with its own fresh `CHRYSALIS_HOME`, must give the same bytes for every component,
-//! the same model root and the same launch digests.
+//! the same model root and the same launch digests as each other, and as the committed
+//! `measurements/published/MODEL.json`.
 //!
 //! Nothing is shared between the two builds but the pinned downloads' sources (the
-//! Debian mirror, PyPI) and the fixed OVMF build path: each home fetches and imports the
-//! model itself, downloads the pinned packages, builds OVMF and builds the enclave into
-//! its clone's own target directory. A check whose two builds share a cache proves
-//! nothing about a reviewer's machine.
+//! Debian mirror, PyPI): each home fetches and imports the model itself, downloads the
+//! pinned packages, assembles its own OVMF build root and builds OVMF in it, and builds
+//! the enclave into its clone's own target directory. A check whose two builds share a
+//! cache proves nothing about a reviewer's machine.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context};
 
+use super::manifest::Manifest;
 use super::{build, BuildArgs, DEFAULT_MODEL};
 use crate::util::{run_checked, workspace_root};
 
@@ -48,8 +50,15 @@ pub fn run(args: ReproArgs) -> anyhow::Result<()> {
     let base = std::env::temp_dir().join(format!("chrysalis-repro-{}", std::process::id()));
     let clones = [base.join("a"), base.join("second-clone-at-a-longer-path")];
     let mut manifests = Vec::new();
+    let mut published = None;
     for clone in &clones {
         clone_head(&source, clone)?;
+        let committed = clone
+            .join("measurements/published")
+            .join(format!("{}.json", args.model));
+        if published.is_none() && committed.is_file() {
+            published = Some(Manifest::read(&committed)?);
+        }
         let home = clone.with_extension("home");
         std::fs::create_dir_all(&home)?;
         eprintln!(
@@ -83,16 +92,44 @@ pub fn run(args: ReproArgs) -> anyhow::Result<()> {
         );
     }
     let report = manifests[0].compare(&manifests[1]);
+    // The published manifest is only comparable when built for the same model root.
+    let against_published = published
+        .filter(|p| args.model_root.is_none() || args.model_root.as_deref() == Some(&p.model_root))
+        .map(|p| p.compare(&manifests[0]));
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let json = serde_json::json!({
+            "clone_a_vs_clone_b": report,
+            "published_vs_clone_a": against_published,
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
+        eprintln!("\nclone a against clone b:");
         report.print();
+        match &against_published {
+            Some(p) => {
+                eprintln!(
+                    "\nmeasurements/published/{}.json against clone a:",
+                    args.model
+                );
+                p.print();
+            }
+            None => eprintln!(
+                "\nmeasurements/published/{}.json: NOT COMPARED (absent, or another model root)",
+                args.model
+            ),
+        }
     }
     if !args.keep {
         let _ = std::fs::remove_dir_all(&base);
     }
     if !report.all_match() {
         bail!("two clones built different images");
+    }
+    if against_published.as_ref().is_some_and(|p| !p.all_match()) {
+        bail!(
+            "both clones agree, but not with measurements/published/{}.json",
+            args.model
+        );
     }
     Ok(())
 }
