@@ -6,5 +6,6 @@
 #![deny(missing_docs)]
 
 pub mod ledger;
+pub mod limit;
 pub mod settle;
 pub mod vcek;

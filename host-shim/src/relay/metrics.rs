@@ -15,6 +15,8 @@ pub struct Metrics {
     pub sessions_active: AtomicU64,
     /// Evidence requests relayed.
     pub evidence_requests_total: AtomicU64,
+    /// Evidence requests refused by the per-source limits (HTTP and in sessions).
+    pub evidence_refused_total: AtomicU64,
     /// Frames relayed client to enclave.
     pub frames_to_enclave_total: AtomicU64,
     /// Frames relayed enclave to client.
@@ -58,7 +60,7 @@ impl Metrics {
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let rows: [(&str, &str, &str, u64); 11] = [
+        let rows: [(&str, &str, &str, u64); 12] = [
             (
                 "chrysalis_shim_sessions_total",
                 "counter",
@@ -76,6 +78,12 @@ impl Metrics {
                 "counter",
                 "evidence requests relayed",
                 load(&self.evidence_requests_total),
+            ),
+            (
+                "chrysalis_shim_evidence_refused_total",
+                "counter",
+                "evidence requests refused by the per-source limits",
+                load(&self.evidence_refused_total),
             ),
             (
                 "chrysalis_shim_frames_to_enclave_total",
