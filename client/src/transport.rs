@@ -11,6 +11,21 @@ use tokio_tungstenite::WebSocketStream;
 /// Largest evidence answer read (a report, a few certificates, keys).
 const MAX_EVIDENCE_ANSWER: usize = 256 * 1024;
 
+/// Longest total wait for evidence refused with `429 Too Many Requests`.
+pub const EVIDENCE_RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The wait a `429` asks for: its `Retry-After` in whole seconds (1 to 30), else 1 s.
+fn retry_after(resp: &reqwest::Response) -> std::time::Duration {
+    let secs = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(1)
+        .clamp(1, 30);
+    std::time::Duration::from_secs(secs)
+}
+
 /// Names a protocol-version mismatch with the enclave from a frame of another version:
 /// both versions, what to do, and the enclave's own words when it sent an error.
 pub fn version_mismatch(foreign: &chrysalis_protocol::ForeignFrame) -> String {
@@ -76,30 +91,45 @@ impl Endpoint {
     }
 
     /// `POST /v1/evidence` with an encoded evidence request frame.
+    ///
+    /// A `429` (the shim's per-source evidence limit) is retried after its
+    /// `Retry-After`, for at most [`EVIDENCE_RETRY_BUDGET`] in all: a burst of
+    /// sessions from one machine then opens a little later instead of failing.
     pub async fn post_evidence(&self, frame: Vec<u8>) -> Result<Vec<u8>, String> {
         let url = self.base.join("/v1/evidence").map_err(|e| e.to_string())?;
-        let resp = self
-            .http
-            .post(url.clone())
-            .body(frame)
-            .send()
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
-        if body.len() > MAX_EVIDENCE_ANSWER {
-            return Err(format!(
-                "{url}: answer of {} bytes, more than the {MAX_EVIDENCE_ANSWER} allowed",
-                body.len()
-            ));
+        let mut waited = std::time::Duration::ZERO;
+        loop {
+            let resp = self
+                .http
+                .post(url.clone())
+                .body(frame.clone())
+                .send()
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
+            let status = resp.status();
+            let retry_after = retry_after(&resp);
+            let body = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+            if body.len() > MAX_EVIDENCE_ANSWER {
+                return Err(format!(
+                    "{url}: answer of {} bytes, more than the {MAX_EVIDENCE_ANSWER} allowed",
+                    body.len()
+                ));
+            }
+            if status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                && waited + retry_after <= EVIDENCE_RETRY_BUDGET
+            {
+                tokio::time::sleep(retry_after).await;
+                waited += retry_after;
+                continue;
+            }
+            if !status.is_success() {
+                return Err(format!(
+                    "{url}: {status}: {}",
+                    String::from_utf8_lossy(&body).trim()
+                ));
+            }
+            return Ok(body.to_vec());
         }
-        if !status.is_success() {
-            return Err(format!(
-                "{url}: {status}: {}",
-                String::from_utf8_lossy(&body).trim()
-            ));
-        }
-        Ok(body.to_vec())
     }
 
     /// Opens the WebSocket of `GET /v1/session`.

@@ -89,7 +89,17 @@ pub fn run(args: &E2eArgs) -> anyhow::Result<()> {
     ensure_model(&args.model)?;
     let bins = build_release()?;
     let threads = args.threads.to_string();
-    let stack = Stack::start(&bins, &args.model, &["--threads", &threads])?;
+    // Every stream comes from 127.0.0.1 and each session needs its own evidence: lift
+    // the shim's per-source evidence limit (default burst 20) above the largest run.
+    let burst = (args.streams.iter().copied().max().unwrap_or(1) * 4)
+        .max(20)
+        .to_string();
+    let stack = Stack::start_with(
+        &bins,
+        &args.model,
+        &["--threads", &threads],
+        &["--evidence-burst-per-source", &burst],
+    )?;
     let endpoint = Endpoint::new(&stack.url, None).map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Runtime::new()?;
     let model_dir = chrysalis_home().join("models").join(&args.model);
