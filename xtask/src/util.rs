@@ -40,6 +40,12 @@ pub fn run_checked(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// [`run_checked`] with the child's stdout sent to our stderr: for build and download
+/// steps whose chatter must not mix with a `--json` answer on stdout.
+pub fn run_logged(cmd: &mut Command) -> anyhow::Result<()> {
+    run_checked(cmd.stdout(std::io::stderr()))
+}
+
 /// Renders a command line for logs.
 pub fn display_command(cmd: &Command) -> String {
     let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];

@@ -12,7 +12,7 @@ use std::process::Command;
 use anyhow::{bail, Context};
 
 use super::lock::{verify_file, DebianSource, PinnedFile};
-use crate::util::{display_command, run_checked};
+use crate::util::{display_command, run_logged};
 
 /// apt, configured to use only the files under one directory.
 pub struct PrivateApt {
@@ -75,11 +75,7 @@ impl PrivateApt {
             return Ok(());
         }
         // apt's progress goes to stderr: stdout is for `--json` output.
-        run_checked(
-            self.command("apt-get")
-                .arg("update")
-                .stdout(std::io::stderr()),
-        )?;
+        run_logged(self.command("apt-get").arg("update"))?;
         fs::write(&stamp, b"").context("could not stamp the apt lists")?;
         Ok(())
     }
@@ -98,12 +94,11 @@ impl PrivateApt {
         }
         fs::create_dir_all(dest)?;
         self.update(false)?;
-        run_checked(
+        run_logged(
             self.command("apt-get")
                 .current_dir(dest)
                 .arg("download")
-                .arg(format!("{package}={version}"))
-                .stdout(std::io::stderr()),
+                .arg(format!("{package}={version}")),
         )?;
         verify_file(&path, &pin.sha256)?;
         Ok(path)
@@ -138,7 +133,7 @@ impl PrivateApt {
                         format!("apt lists no file {} for {source} {version}", pin.file)
                     })?;
                 let target = dest.join(&pin.file);
-                run_checked(
+                run_logged(
                     Command::new("/usr/lib/apt/apt-helper")
                         .args(["download-file", uri])
                         .arg(&target)
@@ -193,7 +188,7 @@ impl PrivateApt {
         if uris.is_empty() {
             bail!("apt resolved no packages for {roots:?}");
         }
-        run_checked(install(archives, &["--download-only", "-y"]).stdout(std::io::stderr()))?;
+        run_logged(&mut install(archives, &["--download-only", "-y"]))?;
         Ok(uris)
     }
 

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::apt::PrivateApt;
 use super::lock::{sha256_file, sha256_hex, verify_file, ImageLock};
-use crate::util::{chrysalis_home, run_checked, workspace_root};
+use crate::util::{chrysalis_home, run_logged, workspace_root};
 
 /// Bump when the way the root is assembled changes: part of the OVMF cache key.
 const ASSEMBLY: &str = "chrysalis-build-root-1: dpkg-deb -x in lock order; \
@@ -153,7 +153,7 @@ pub fn assemble(pin: &BuildRootPin, downloads: &Path, cache: &Path) -> anyhow::R
         root.display()
     );
     for deb in &debs {
-        run_checked(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&partial)).with_context(
+        run_logged(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&partial)).with_context(
             || "unpacking the build root needs dpkg-deb (Debian's dpkg package)".to_owned(),
         )?;
     }
@@ -177,7 +177,7 @@ fn download(pin: &BuildRootPin, downloads: &Path) -> anyhow::Result<Vec<PathBuf>
         if verify_file(&path, &p.sha256).is_err() {
             eprintln!("build root: [{}/{total}] {}", i + 1, p.uri);
             // apt-helper checks the hash while it downloads and keeps nothing that fails.
-            run_checked(
+            run_logged(
                 Command::new("/usr/lib/apt/apt-helper")
                     .args(["-q", "download-file", &p.uri])
                     .arg(&path)
@@ -201,7 +201,7 @@ fn add_device_nodes(root: &Path) -> anyhow::Result<()> {
         if node.exists() {
             continue;
         }
-        run_checked(Command::new("mknod").args(["-m", "666"]).arg(&node).args([
+        run_logged(Command::new("mknod").args(["-m", "666"]).arg(&node).args([
             "c",
             "1",
             &minor.to_string(),
@@ -211,7 +211,7 @@ fn add_device_nodes(root: &Path) -> anyhow::Result<()> {
     for dir in ["dev/shm", "tmp"] {
         let path = root.join(dir);
         fs::create_dir_all(&path)?;
-        run_checked(Command::new("chmod").arg("1777").arg(&path))?;
+        run_logged(Command::new("chmod").arg("1777").arg(&path))?;
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::lock::ImageLock;
-use crate::util::{cargo, run_checked};
+use crate::util::{cargo, run_logged};
 
 /// Path prefixes that stand in for the machine's real ones inside the binary.
 const REMAPPED_WORKSPACE: &str = "/chrysalis";
@@ -48,7 +48,7 @@ pub fn build(root: &Path, lock: &ImageLock, target_dir: &Path) -> anyhow::Result
         .env("CARGO_INCREMENTAL", "0")
         .env_remove("RUSTFLAGS")
         .env_remove("RUSTC_WRAPPER");
-    run_checked(&mut cmd)?;
+    run_logged(&mut cmd)?;
     let binary = target_dir
         .join(&lock.rust.target)
         .join("release/chrysalis-enclave");
@@ -82,7 +82,7 @@ fn ensure_rust_target(root: &Path, target: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("the Rust target {target} is missing from the pinned toolchain; adding it");
-    run_checked(
+    run_logged(
         std::process::Command::new("rustup")
             .current_dir(root)
             .args(["target", "add", target]),

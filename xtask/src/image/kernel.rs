@@ -12,7 +12,7 @@ use std::process::Command;
 use anyhow::{bail, Context};
 
 use super::lock::KernelPin;
-use crate::util::run_checked;
+use crate::util::run_logged;
 
 /// The unpacked kernel package.
 pub struct KernelTree {
@@ -38,7 +38,7 @@ impl KernelTree {
                 fs::remove_dir_all(dir)?;
             }
             fs::create_dir_all(dir)?;
-            run_checked(Command::new("dpkg-deb").arg("-x").arg(deb).arg(dir))?;
+            run_logged(Command::new("dpkg-deb").arg("-x").arg(deb).arg(dir))?;
             fs::write(&stamp, &pin.sha256)?;
         }
         Ok(Self {

@@ -18,7 +18,7 @@ use anyhow::{bail, Context};
 
 use super::build_root;
 use super::lock::{sha256_hex, ImageLock};
-use crate::util::run_checked;
+use crate::util::run_logged;
 
 /// Bump when the steps below change: it is part of the cache key.
 const RECIPE: &str =
@@ -116,7 +116,7 @@ fn prepare_tree(build_dir: &Path, tarballs: &[PathBuf]) -> anyhow::Result<()> {
             tarballs.len()
         ),
     };
-    run_checked(
+    run_logged(
         Command::new("tar")
             .arg("-xf")
             .arg(orig)
@@ -124,7 +124,7 @@ fn prepare_tree(build_dir: &Path, tarballs: &[PathBuf]) -> anyhow::Result<()> {
             .arg(build_dir)
             .arg("--strip-components=1"),
     )?;
-    run_checked(
+    run_logged(
         Command::new("tar")
             .arg("-xf")
             .arg(debian)
@@ -138,7 +138,7 @@ fn prepare_tree(build_dir: &Path, tarballs: &[PathBuf]) -> anyhow::Result<()> {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
     {
-        run_checked(
+        run_logged(
             Command::new("patch")
                 .current_dir(build_dir)
                 .args(["-p1", "--batch", "--forward", "--quiet", "-i"])
@@ -158,7 +158,7 @@ fn build(root: &Path, build_dir: &Path, lock: &ImageLock) -> anyhow::Result<()> 
         dir = lock.edk2.build_dir,
         platform = lock.edk2.platform
     );
-    run_checked(&mut build_root::chroot_command(
+    run_logged(&mut build_root::chroot_command(
         root,
         &script,
         lock.rust.source_date_epoch,
