@@ -1,6 +1,8 @@
 //! The enclave binary, built so that any checkout gives the same bytes: static musl,
 //! release, `--locked`, the workspace and cargo-home paths remapped to fixed names,
-//! `SOURCE_DATE_EPOCH` from the lock, and no build-id that depends on the machine.
+//! `SOURCE_DATE_EPOCH` from the lock, no build-id that depends on the machine, and
+//! linked by the pinned toolchain's own `rust-lld` with its self-contained musl CRT, so
+//! the host's `cc` and binutils take no part (no crate in the enclave's tree compiles C).
 
 use std::path::{Path, PathBuf};
 
@@ -28,7 +30,8 @@ pub fn build(root: &Path, lock: &ImageLock, target_dir: &Path) -> anyhow::Result
             cargo_home.display()
         ),
         "-Ctarget-feature=+crt-static".to_owned(),
-        "-Clink-arg=-Wl,--build-id=none".to_owned(),
+        "-Clinker=rust-lld".to_owned(),
+        "-Clink-arg=--build-id=none".to_owned(),
         "-Cstrip=symbols".to_owned(),
     ];
     let mut cmd = cargo();
