@@ -253,7 +253,7 @@ pub fn chroot_command(root: &Path, script: &str, source_date_epoch: u64) -> Comm
 #[command(
     after_help = "Resolves the closure of the build root's packages (image.lock \
 build_root.roots) against image.lock's Debian suite, without recommends, downloads every \
-package, hashes it, and rewrites image.lock's build_root.packages. The OVMF bytes and so \
+package with apt (which checks it against the suite's signed index), hashes it, and rewrites image.lock's build_root.packages. The OVMF bytes and so \
 every launch digest change with it: rebuild the image and republish the manifests after.\n\n\
 Example: cargo xtask lock-build-root --refresh-apt"
 )]
