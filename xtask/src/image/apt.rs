@@ -173,18 +173,7 @@ impl PrivateApt {
                 .args(roots);
             cmd
         };
-        let mut list = install(&listing, &["--print-uris"]);
-        let out = list
-            .output()
-            .with_context(|| format!("could not run `{}`", display_command(&list)))?;
-        if !out.status.success() {
-            bail!(
-                "`{}` failed: {}",
-                display_command(&list),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let uris = parse_print_uris(&String::from_utf8_lossy(&out.stdout));
+        let uris = parse_print_uris(&stdout_of(&mut install(&listing, &["--print-uris"]))?);
         if uris.is_empty() {
             bail!("apt resolved no packages for {roots:?}");
         }
@@ -197,18 +186,23 @@ impl PrivateApt {
         let mut cmd = self.command("apt-get");
         cmd.args(["source", "--print-uris", "--download-only"])
             .arg(format!("{source}={version}"));
-        let out = cmd
-            .output()
-            .with_context(|| format!("could not run `{}`", display_command(&cmd)))?;
-        if !out.status.success() {
-            bail!(
-                "`{}` failed: {}",
-                display_command(&cmd),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(parse_print_uris(&String::from_utf8_lossy(&out.stdout)))
+        Ok(parse_print_uris(&stdout_of(&mut cmd)?))
     }
+}
+
+/// Runs `cmd` and returns its stdout; fails naming the command and its stderr.
+fn stdout_of(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("could not run `{}`", display_command(cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            display_command(cmd),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The `sources.list` for `source`: a `deb` and a `deb-src` line per mirror.
